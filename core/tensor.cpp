@@ -1,0 +1,126 @@
+#include "core/tensor.h"
+
+#include <cstring>
+#include <stdexcept>
+
+#ifdef LLM_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace llm {
+
+std::string shape_str(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) {
+    if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(s));
+    n *= d;
+  }
+  return n;
+}
+
+Storage::Storage(size_t bytes, Device device, MemoryCategory category)
+    : bytes_(bytes), device_(device), category_(category) {
+  data_ = device_alloc(device, bytes, category);
+}
+
+Storage::~Storage() { device_free(device_, data_, bytes_, category_); }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, MemoryCategory category, Device device) {
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype),
+                                         device, category);
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, MemoryCategory category, Device device) {
+  Tensor t = empty(shape, dtype, category, device);
+  t.zero_();
+  return t;
+}
+
+void* Tensor::raw() const {
+  if (!storage_) return nullptr;
+  return static_cast<char*>(storage_->data()) + offset_bytes_;
+}
+
+void Tensor::check_dtype(DType want) const {
+  if (want != dtype_)
+    throw std::logic_error(std::string("tensor of dtype ") + dtype_name(dtype_) + " accessed as " +
+                           dtype_name(want));
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  if (shape_numel(shape) != numel())
+    throw std::invalid_argument("view " + shape_str(shape) + " of tensor " + str() + ": element count differs");
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
+  if (dim() < 1 || begin < 0 || end < begin || end > shape_[0])
+    throw std::out_of_range("slice_rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                            ") of tensor " + str());
+  Tensor t = *this;
+  const int64_t row = shape_[0] ? numel() / shape_[0] : 0;
+  t.offset_bytes_ += static_cast<size_t>(begin * row) * dtype_size(dtype_);
+  t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::flat_view(int64_t offset, const Shape& shape) const {
+  const int64_t n = shape_numel(shape);
+  if (offset < 0 || offset + n > numel())
+    throw std::out_of_range("flat_view at " + std::to_string(offset) + " of " + shape_str(shape) +
+                            " outside tensor " + str());
+  Tensor t = *this;
+  t.offset_bytes_ += static_cast<size_t>(offset) * dtype_size(dtype_);
+  t.shape_ = shape;
+  return t;
+}
+
+void Tensor::zero_() {
+  if (!storage_ || nbytes() == 0) return;
+  if (device().is_cpu()) {
+    std::memset(raw(), 0, nbytes());
+  } else {
+#ifdef LLM_WITH_CUDA
+    cudaMemset(raw(), 0, nbytes());
+#endif
+  }
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.dtype() != dtype_ || src.numel() != numel())
+    throw std::invalid_argument("copy_from: " + src.str() + " into " + str());
+  if (nbytes() == 0) return;
+  if (device().is_cpu() && src.device().is_cpu()) {
+    std::memmove(raw(), src.raw(), nbytes());
+  } else {
+#ifdef LLM_WITH_CUDA
+    cudaMemcpy(raw(), src.raw(), nbytes(), cudaMemcpyDefault);
+#else
+    throw std::runtime_error("copy between devices needs a CUDA build");
+#endif
+  }
+}
+
+Tensor Tensor::clone(MemoryCategory category) const {
+  Tensor t = empty(shape_, dtype_, category, device());
+  t.copy_from(*this);
+  return t;
+}
+
+std::string Tensor::str() const {
+  return std::string(dtype_name(dtype_)) + shape_str(shape_) + " " + device().str();
+}
+
+}  // namespace llm
