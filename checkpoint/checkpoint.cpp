@@ -1,0 +1,227 @@
+#include "checkpoint/checkpoint.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "checkpoint/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace llm {
+
+void to_json(nlohmann::json& j, const TrainingState& s) {
+  j = {{"iteration", s.iteration},
+       {"consumed_samples", s.consumed_samples},
+       {"skipped_iterations", s.skipped_iterations},
+       {"sampler", s.sampler},
+       {"scheduler", s.scheduler},
+       {"extra", s.extra}};
+}
+
+void from_json(const nlohmann::json& j, TrainingState& s) {
+  s.iteration = j.at("iteration");
+  s.consumed_samples = j.at("consumed_samples");
+  s.skipped_iterations = j.value("skipped_iterations", int64_t{0});
+  s.sampler = j.value("sampler", nlohmann::json());
+  s.scheduler = j.value("scheduler", nlohmann::json());
+  s.extra = j.value("extra", nlohmann::json());
+}
+
+static std::string iteration_dir_name(int64_t it) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(it));
+  return buf;
+}
+
+static std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+static const char* kShardName = "shard_r00000.safetensors";
+
+std::string save_checkpoint(const std::string& root, const CheckpointContents& c) {
+  const LlamaModel& model = *c.model;
+  const std::string name = iteration_dir_name(c.state.iteration);
+  const fs::path final_dir = fs::path(root) / name, tmp_dir = fs::path(root) / (name + ".tmp");
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) throw std::runtime_error("--save " + root + ": cannot create the directory (" + ec.message() + ")");
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+
+  nlohmann::json tensors = nlohmann::json::array();
+  SafetensorsWriter shard;
+  const ParameterStore& ps = model.params();
+  auto add = [&](const std::string& kind, const std::string& key_prefix, const Tensor& flat) {
+    for (const auto& p : ps.infos()) {
+      const std::string key = key_prefix + p.name;
+      shard.add(key, flat.flat_view(p.offset, p.shape));
+      tensors.push_back({{"name", p.name},
+                         {"kind", kind},
+                         {"shape", p.shape},
+                         {"dtype", dtype_name(flat.dtype())},
+                         {"slices", {{{"file", kShardName}, {"key", key}, {"begin", 0}, {"end", p.numel}}}}});
+    }
+  };
+  add("param", "", ps.values());
+  if (c.optimizer) {
+    add("exp_avg", "optimizer.exp_avg.", c.optimizer->exp_avg());
+    add("exp_avg_sq", "optimizer.exp_avg_sq.", c.optimizer->exp_avg_sq());
+  }
+  const fs::path shard_path = tmp_dir / kShardName;
+  const uint64_t digest = shard.write(shard_path.string());
+
+  nlohmann::json files = {{kShardName, {{"bytes", fs::file_size(shard_path)}, {"xxh64", digest}}}};
+  if (!c.tokenizer_model.empty()) {
+    fs::copy_file(c.tokenizer_model, tmp_dir / "tokenizer.model", fs::copy_options::overwrite_existing);
+    fsync_path((tmp_dir / "tokenizer.model").string());
+    files["tokenizer.model"] = {{"bytes", fs::file_size(tmp_dir / "tokenizer.model")},
+                                {"xxh64", xxhash64_file((tmp_dir / "tokenizer.model").string())}};
+  }
+  nlohmann::json optimizer = nullptr;
+  if (c.optimizer)
+    optimizer = {{"type", "adamw"},
+                 {"steps", c.optimizer->steps_taken()},
+                 {"beta1", c.optimizer->config().beta1},
+                 {"beta2", c.optimizer->config().beta2},
+                 {"eps", c.optimizer->config().eps},
+                 {"weight_decay", c.optimizer->config().weight_decay}};
+  nlohmann::json manifest = {{"format", "llm-checkpoint"},
+                             {"format_version", kCheckpointFormatVersion},
+                             {"model", model.config()},
+                             {"layout", c.layout},
+                             {"tensors", tensors},
+                             {"files", files},
+                             {"optimizer", optimizer},
+                             {"training_state", c.state},
+                             {"args", c.args}};
+  // The manifest is written last: a directory without one is incomplete.
+  write_file_atomic((tmp_dir / "manifest.json").string(), manifest.dump(1));
+  fsync_path(tmp_dir.string());
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  fsync_path(root);
+  write_file_atomic((fs::path(root) / "latest").string(), name + "\n");
+  fsync_path(root);
+  return final_dir.string();
+}
+
+std::string CheckpointOnDisk::tokenizer_model() const {
+  const fs::path p = fs::path(dir) / "tokenizer.model";
+  return fs::exists(p) ? p.string() : "";
+}
+
+CheckpointOnDisk open_checkpoint(const std::string& path) {
+  fs::path dir = path;
+  if (!fs::exists(dir)) throw std::runtime_error("--load " + path + ": no such directory");
+  if (!fs::exists(dir / "manifest.json")) {
+    if (!fs::exists(dir / "latest"))
+      throw std::runtime_error("--load " + path + ": neither a checkpoint (no manifest.json) nor a --save directory (no 'latest' file)");
+    std::string name = read_text((dir / "latest").string());
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    if (name.empty() || name.find('/') != std::string::npos || name.find("..") != std::string::npos)
+      throw std::runtime_error("--load " + path + ": 'latest' holds an invalid name '" + name + "'");
+    dir /= name;
+    if (!fs::exists(dir / "manifest.json"))
+      throw std::runtime_error("--load " + path + ": 'latest' points at " + dir.string() + ", which has no manifest.json");
+  }
+  CheckpointOnDisk ck;
+  ck.dir = dir.string();
+  const std::string mpath = (dir / "manifest.json").string();
+  try {
+    ck.manifest = nlohmann::json::parse(read_text(mpath));
+    if (ck.manifest.at("format") != "llm-checkpoint")
+      throw std::runtime_error("not an llm checkpoint manifest");
+    const int version = ck.manifest.at("format_version");
+    if (version > kCheckpointFormatVersion)
+      throw std::runtime_error("format version " + std::to_string(version) + " is newer than this build reads (" +
+                               std::to_string(kCheckpointFormatVersion) + "): update the runtime");
+    ck.model = ck.manifest.at("model").get<ModelConfig>();
+    ck.state = ck.manifest.at("training_state").get<TrainingState>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + mpath + "' is not a valid manifest: " + e.what());
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("'" + mpath + "': " + e.what());
+  }
+  for (auto& [fname, info] : ck.manifest.at("files").items()) {
+    if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
+      throw std::runtime_error("'" + mpath + "' names a file outside the checkpoint: '" + fname + "'");
+    const fs::path f = dir / fname;
+    if (!fs::exists(f)) throw std::runtime_error("checkpoint file '" + f.string() + "' is missing");
+    const uint64_t want_bytes = info.at("bytes");
+    if (fs::file_size(f) != want_bytes)
+      throw std::runtime_error("checkpoint file '" + f.string() + "' has " + std::to_string(fs::file_size(f)) +
+                               " bytes, the manifest says " + std::to_string(want_bytes) + " (truncated or replaced)");
+    if (xxhash64_file(f.string()) != info.at("xxh64").get<uint64_t>())
+      throw std::runtime_error("checkpoint file '" + f.string() + "' fails its xxHash64 checksum (corrupted)");
+  }
+  return ck;
+}
+
+// Fills `flat` (a flat buffer laid out like the model's parameters) from the
+// manifest entries of one kind.
+static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, const std::string& kind, Tensor& flat) {
+  std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;
+  std::map<std::string, const nlohmann::json*> by_name;
+  for (const auto& t : ck.manifest.at("tensors"))
+    if (t.at("kind") == kind) by_name[t.at("name").get<std::string>()] = &t;
+  for (const auto& p : ps.infos()) {
+    auto it = by_name.find(p.name);
+    if (it == by_name.end())
+      throw std::runtime_error("checkpoint " + ck.dir + " has no " + kind + " for '" + p.name +
+                               "': it was saved from a different model");
+    const auto& t = *it->second;
+    if (t.at("shape").get<Shape>() != p.shape)
+      throw std::runtime_error("checkpoint " + ck.dir + ": '" + p.name + "' has shape " +
+                               shape_str(t.at("shape").get<Shape>()) + ", the model expects " + shape_str(p.shape));
+    for (const auto& s : t.at("slices")) {
+      const std::string file = s.at("file");
+      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+        throw std::runtime_error("checkpoint manifest names a file outside the checkpoint: '" + file + "'");
+      auto& r = readers[file];
+      if (!r) r = std::make_unique<SafetensorsReader>((fs::path(ck.dir) / file).string());
+      const int64_t begin = s.at("begin"), end = s.at("end");
+      if (begin < 0 || end > p.numel || begin > end)
+        throw std::runtime_error("checkpoint manifest: slice [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                 ") of '" + p.name + "' lies outside its " + std::to_string(p.numel) + " elements");
+      Tensor dst = flat.flat_view(p.offset + begin, {end - begin});
+      r->read_into(s.at("key").get<std::string>(), dst);
+    }
+  }
+}
+
+void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) {
+  load_kind(ck, model.params(), "param", model.params().values());
+}
+
+void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt) {
+  if (ck.manifest.at("optimizer").is_null())
+    throw std::runtime_error("checkpoint " + ck.dir + " holds no optimizer state (it cannot resume training)");
+  // The optimizer's flat buffers are laid out like the parameters.
+  opt.set_steps_taken(ck.manifest.at("optimizer").at("steps"));
+  load_kind(ck, opt.params(), "exp_avg", opt.exp_avg());
+  load_kind(ck, opt.params(), "exp_avg_sq", opt.exp_avg_sq());
+}
+
+void prune_checkpoints(const std::string& root, int keep) {
+  if (keep <= 0 || !fs::exists(root)) return;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  for (size_t i = 0; i + keep < names.size(); ++i) fs::remove_all(fs::path(root) / names[i]);
+}
+
+}  // namespace llm

@@ -1,0 +1,68 @@
+// Checkpoints: one directory per saved iteration under --save.
+//
+//   SAVE/latest                    name of the newest complete checkpoint
+//   SAVE/iter_0000100/manifest.json
+//   SAVE/iter_0000100/shard_r00000.safetensors   one per rank
+//   SAVE/iter_0000100/tokenizer.model
+//
+// The manifest holds the format version, the model config, the layout it was
+// saved under, every global tensor with the slice of it each shard file holds,
+// an xxHash64 per file, and the full training state. Each shard entry names a
+// global tensor and the [begin, end) of its flat elements that the file holds,
+// so a later, sharded writer can save slices and a loader can reassemble them
+// under another layout. A save writes into iter_N.tmp/, fsyncs, renames it,
+// then replaces `latest` atomically: a crash leaves the previous one loadable.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "layers/llama_model.h"
+#include "optim/adamw.h"
+
+namespace llm {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct TrainingState {
+  int64_t iteration = 0;
+  int64_t consumed_samples = 0;
+  int64_t skipped_iterations = 0;
+  nlohmann::json sampler;    // data position (data/sampler.h SamplerState)
+  nlohmann::json scheduler;  // learning-rate schedule settings
+  nlohmann::json extra;      // anything else the trainer wants back
+};
+void to_json(nlohmann::json& j, const TrainingState& s);
+void from_json(const nlohmann::json& j, TrainingState& s);
+
+struct CheckpointContents {
+  const LlamaModel* model = nullptr;
+  const AdamW* optimizer = nullptr;  // optional
+  TrainingState state;
+  nlohmann::json layout;  // {"tensor_parallel", "pipeline_parallel", "data_parallel", "zero_stage", "dtype"}
+  nlohmann::json args;    // the run's options, for the record
+  std::string tokenizer_model;  // copied into the checkpoint when set
+};
+
+// Writes root/iter_XXXXXXX atomically and points root/latest at it. Returns its path.
+std::string save_checkpoint(const std::string& root, const CheckpointContents& c);
+
+// A checkpoint found on disk, manifest read and files verified.
+struct CheckpointOnDisk {
+  std::string dir;
+  nlohmann::json manifest;
+  ModelConfig model;
+  TrainingState state;
+  std::string tokenizer_model() const;  // path inside dir, or "" if none
+};
+// `path` is a --save root (its `latest` is used) or one iteration's directory.
+// Verifies the format version and each shard's size and checksum.
+CheckpointOnDisk open_checkpoint(const std::string& path);
+void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model);
+void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt);
+
+// Keeps the newest `keep` iteration directories under root (0 keeps all).
+void prune_checkpoints(const std::string& root, int keep);
+
+}  // namespace llm

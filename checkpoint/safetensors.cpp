@@ -1,0 +1,207 @@
+#include "checkpoint/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+namespace llm {
+
+const char* safetensors_dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F64: return "F64";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+    case DType::I32: return "I32";
+  }
+  return "?";
+}
+
+DType safetensors_dtype_from_name(const std::string& s) { return dtype_from_name(s); }
+
+void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
+  if (!t.device().is_cpu()) throw std::logic_error("SafetensorsWriter: copy '" + name + "' to the host first");
+  add_raw(name, t.dtype(), t.shape(), t.raw(), t.nbytes());
+}
+
+void SafetensorsWriter::add_raw(const std::string& name, DType dtype, const Shape& shape, const void* data,
+                                size_t bytes) {
+  Item it{name, dtype, shape, std::vector<char>(bytes)};
+  if (bytes) std::memcpy(it.bytes.data(), data, bytes);
+  items_.push_back(std::move(it));
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+uint64_t SafetensorsWriter::write(const std::string& path) const {
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  for (const auto& it : items_) {
+    header[it.name] = {{"dtype", safetensors_dtype_name(it.dtype)},
+                       {"shape", it.shape},
+                       {"data_offsets", {offset, offset + it.bytes.size()}}};
+    offset += it.bytes.size();
+  }
+  if (!metadata_.empty()) header["__metadata__"] = metadata_;
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');  // align the data section to 8 bytes
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw std::runtime_error("cannot write '" + path + "': check the directory exists and is writable");
+  XXH64_state_t* st = XXH64_createState();
+  XXH64_reset(st, 0);
+  auto put = [&](const char* p, size_t n) {
+    out.write(p, static_cast<std::streamsize>(n));
+    XXH64_update(st, p, n);
+  };
+  const uint64_t hlen = h.size();
+  char len_le[8];
+  for (int i = 0; i < 8; ++i) len_le[i] = static_cast<char>((hlen >> (8 * i)) & 0xff);
+  put(len_le, 8);
+  put(h.data(), h.size());
+  for (const auto& it : items_) put(it.bytes.data(), it.bytes.size());
+  const uint64_t digest = XXH64_digest(st);
+  XXH64_freeState(st);
+  out.close();
+  if (!out) throw std::runtime_error("write to '" + path + "' failed (disk full?)");
+  fsync_path(path);
+  return digest;
+}
+
+SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw std::runtime_error("cannot open '" + path + "': file missing or unreadable");
+  file_size_ = static_cast<uint64_t>(in.tellg());
+  auto bad = [&](const std::string& why) {
+    return std::runtime_error("'" + path + "' is not a valid safetensors file: " + why);
+  };
+  if (file_size_ < 8) throw bad("shorter than its 8-byte header length (truncated?)");
+  in.seekg(0);
+  unsigned char len_le[8];
+  in.read(reinterpret_cast<char*>(len_le), 8);
+  uint64_t hlen = 0;
+  for (int i = 0; i < 8; ++i) hlen |= static_cast<uint64_t>(len_le[i]) << (8 * i);
+  if (hlen > file_size_ - 8 || hlen > (100u << 20)) throw bad("header length " + std::to_string(hlen) + " exceeds the file");
+  std::string h(hlen, '\0');
+  in.read(h.data(), static_cast<std::streamsize>(hlen));
+  data_start_ = 8 + hlen;
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(h);
+  } catch (const std::exception& e) {
+    throw bad(std::string("header is not JSON (") + e.what() + ")");
+  }
+  if (!header.is_object()) throw bad("header is not a JSON object");
+  const uint64_t data_size = file_size_ - data_start_;
+  for (auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (v.is_object())
+        for (auto& [k, val] : v.items())
+          if (val.is_string()) metadata_[k] = val.get<std::string>();
+      continue;
+    }
+    try {
+      SafetensorsEntry e;
+      e.dtype = safetensors_dtype_from_name(v.at("dtype").get<std::string>());
+      e.shape = v.at("shape").get<Shape>();
+      auto offs = v.at("data_offsets");
+      e.begin = offs.at(0).get<uint64_t>();
+      e.end = offs.at(1).get<uint64_t>();
+      if (e.begin > e.end || e.end > data_size)
+        throw bad("tensor '" + name + "' byte range [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+                  ") lies outside the data section of " + std::to_string(data_size) + " bytes (truncated file?)");
+      const int64_t n = shape_numel(e.shape);
+      if (static_cast<uint64_t>(n) * dtype_size(e.dtype) != e.end - e.begin)
+        throw bad("tensor '" + name + "' has " + std::to_string(e.end - e.begin) + " bytes but shape " +
+                  shape_str(e.shape) + " needs " + std::to_string(n * dtype_size(e.dtype)));
+      entries_[name] = e;
+    } catch (const nlohmann::json::exception& ex) {
+      throw bad("entry '" + name + "': " + ex.what());
+    } catch (const std::invalid_argument& ex) {
+      throw bad("entry '" + name + "': " + ex.what());
+    }
+  }
+}
+
+const SafetensorsEntry& SafetensorsReader::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) throw std::runtime_error("'" + path_ + "' has no tensor named '" + name + "'");
+  return it->second;
+}
+
+void SafetensorsReader::read_into(const std::string& name, Tensor& out) const {
+  const auto& e = entry(name);
+  const int64_t n = shape_numel(e.shape);
+  if (n != out.numel())
+    throw std::runtime_error("'" + path_ + "': tensor '" + name + "' has shape " + shape_str(e.shape) +
+                             " but the model expects " + shape_str(out.shape()));
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
+  std::vector<char> buf(e.end - e.begin);
+  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  if (!in) throw std::runtime_error("'" + path_ + "': short read of tensor '" + name + "' (truncated file?)");
+  if (e.dtype == out.dtype()) {
+    std::memcpy(out.raw(), buf.data(), buf.size());
+    return;
+  }
+  // Conversions between floating types (e.g. a bf16 export into an fp32 model).
+  auto load = [&](int64_t i) -> double {
+    switch (e.dtype) {
+      case DType::F32: { float f; std::memcpy(&f, buf.data() + 4 * i, 4); return f; }
+      case DType::F64: { double d; std::memcpy(&d, buf.data() + 8 * i, 8); return d; }
+      case DType::BF16: { bf16 b; std::memcpy(&b.bits, buf.data() + 2 * i, 2); return static_cast<float>(b); }
+      default: throw std::runtime_error("'" + path_ + "': cannot convert tensor '" + name + "' of dtype " +
+                                        dtype_name(e.dtype) + " to " + dtype_name(out.dtype()));
+    }
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = load(i);
+    switch (out.dtype()) {
+      case DType::F32: out.data<float>()[i] = static_cast<float>(v); break;
+      case DType::F64: out.data<double>()[i] = v; break;
+      case DType::BF16: out.data<bf16>()[i] = bf16(static_cast<float>(v)); break;
+      default: throw std::runtime_error("cannot read '" + name + "' into a " + dtype_name(out.dtype()) + " tensor");
+    }
+  }
+}
+
+uint64_t xxhash64_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open '" + path + "' to checksum it: file missing or unreadable");
+  XXH64_state_t* st = XXH64_createState();
+  XXH64_reset(st, 0);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    XXH64_update(st, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  const uint64_t d = XXH64_digest(st);
+  XXH64_freeState(st);
+  return d;
+}
+
+void write_file_atomic(const std::string& path, const std::string& data) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write '" + tmp + "': check the directory is writable");
+    out << data;
+    out.close();
+    if (!out) throw std::runtime_error("write to '" + tmp + "' failed (disk full?)");
+  }
+  fsync_path(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(errno));
+}
+
+}  // namespace llm

@@ -1,0 +1,256 @@
+#include "core/ops.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "core/cpu/adamw.h"
+#include "core/cpu/attention.h"
+#include "core/cpu/cross_entropy.h"
+#include "core/cpu/embedding.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/grad_norm.h"
+#include "core/cpu/rmsnorm.h"
+#include "core/cpu/rope.h"
+#include "core/cpu/swiglu.h"
+
+namespace llm::ops {
+namespace {
+
+[[noreturn]] void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string("ops::") + op + ": " + what);
+}
+
+// Runs f(T{}) with T the C++ type of a floating dtype on the CPU.
+template <class F>
+void dispatch(const char* op, const Tensor& t, F&& f) {
+  if (!t.device().is_cpu())
+    fail(op, "tensor on " + t.device().str() + ": the CUDA kernels come with the CUDA backend");
+  switch (t.dtype()) {
+    case DType::F32: f(float{}); return;
+    case DType::F64: f(double{}); return;
+    default: fail(op, std::string("unsupported dtype ") + dtype_name(t.dtype()) + " (F32 or F64)");
+  }
+}
+
+void same_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype()) fail(op, "dtype mismatch: " + a.str() + " vs " + b.str());
+}
+
+void expect_numel(const char* op, const char* what, const Tensor& t, int64_t n) {
+  if (t.numel() != n)
+    fail(op, std::string(what) + " " + t.str() + " should have " + std::to_string(n) + " elements");
+}
+
+int64_t rows_of(const Tensor& t, int64_t cols) { return cols ? t.numel() / cols : 0; }
+
+}  // namespace
+
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate) {
+  const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
+  expect_numel("linear_forward", "x", x, rows * in);
+  expect_numel("linear_forward", "y", y, rows * out);
+  same_dtype("linear_forward", x, w);
+  dispatch("linear_forward", x, [&](auto z) {
+    using T = decltype(z);
+    cpu::gemm<T>(false, true, rows, out, in, T(1), x.data<T>(), in, w.data<T>(), in,
+                 accumulate ? T(1) : T(0), y.data<T>(), out);
+  });
+}
+
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, Tensor& dw) {
+  const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
+  expect_numel("linear_backward", "dy", dy, rows * out);
+  expect_numel("linear_backward", "dw", dw, out * in);
+  dispatch("linear_backward", x, [&](auto z) {
+    using T = decltype(z);
+    if (dx) {
+      expect_numel("linear_backward", "dx", *dx, rows * in);
+      cpu::gemm<T>(false, false, rows, in, out, T(1), dy.data<T>(), out, w.data<T>(), in, T(1),
+                   dx->data<T>(), in);
+    }
+    cpu::gemm<T>(true, false, out, in, rows, T(1), dy.data<T>(), out, x.data<T>(), in, T(1),
+                 dw.data<T>(), in);
+  });
+}
+
+void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out) {
+  const int64_t vocab = table.size(0), dim = table.size(1), n = tokens.numel();
+  expect_numel("embedding_forward", "out", out, n * dim);
+  dispatch("embedding_forward", table, [&](auto z) {
+    using T = decltype(z);
+    cpu::embedding_forward<T>(tokens.data<int32_t>(), n, table.data<T>(), vocab, dim, out.data<T>());
+  });
+}
+
+void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable) {
+  const int64_t vocab = dtable.size(0), dim = dtable.size(1), n = tokens.numel();
+  expect_numel("embedding_backward", "dout", dout, n * dim);
+  dispatch("embedding_backward", dtable, [&](auto z) {
+    using T = decltype(z);
+    cpu::embedding_backward<T>(tokens.data<int32_t>(), n, dout.data<T>(), vocab, dim, dtable.data<T>());
+  });
+}
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  const int64_t dim = w.numel(), rows = rows_of(x, dim);
+  expect_numel("rmsnorm_forward", "y", y, x.numel());
+  expect_numel("rmsnorm_forward", "rstd", rstd, rows);
+  dispatch("rmsnorm_forward", x, [&](auto z) {
+    using T = decltype(z);
+    cpu::rmsnorm_forward<T>(x.data<T>(), w.data<T>(), rows, dim, eps, y.data<T>(), rstd.data<T>());
+  });
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor& dw) {
+  const int64_t dim = w.numel(), rows = rows_of(x, dim);
+  expect_numel("rmsnorm_backward", "dx", dx, x.numel());
+  dispatch("rmsnorm_backward", x, [&](auto z) {
+    using T = decltype(z);
+    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), rows, dim,
+                             dx.data<T>(), dw.data<T>());
+  });
+}
+
+static void check_qkv(const char* op, const Tensor& qkv, const QkvLayout& l) {
+  expect_numel(op, "qkv", qkv, l.batch * l.seq * l.row_stride());
+}
+
+void rope_forward(Tensor& qkv, const QkvLayout& l, int64_t pos_offset, double theta) {
+  check_qkv("rope_forward", qkv, l);
+  dispatch("rope_forward", qkv, [&](auto z) {
+    using T = decltype(z);
+    T* q = qkv.data<T>();
+    cpu::rope_forward<T>(q, l.row_stride(), l.batch, l.seq, l.heads, l.head_dim, pos_offset, theta);
+    cpu::rope_forward<T>(q + l.heads * l.head_dim, l.row_stride(), l.batch, l.seq, l.groups,
+                         l.head_dim, pos_offset, theta);
+  });
+}
+
+void rope_backward(Tensor& dqkv, const QkvLayout& l, int64_t pos_offset, double theta) {
+  check_qkv("rope_backward", dqkv, l);
+  dispatch("rope_backward", dqkv, [&](auto z) {
+    using T = decltype(z);
+    T* q = dqkv.data<T>();
+    cpu::rope_backward<T>(q, l.row_stride(), l.batch, l.seq, l.heads, l.head_dim, pos_offset, theta);
+    cpu::rope_backward<T>(q + l.heads * l.head_dim, l.row_stride(), l.batch, l.seq, l.groups,
+                          l.head_dim, pos_offset, theta);
+  });
+}
+
+void attention_forward(const Tensor& qkv, const QkvLayout& l, Tensor& out, Tensor& lse) {
+  check_qkv("attention_forward", qkv, l);
+  expect_numel("attention_forward", "out", out, l.batch * l.seq * l.heads * l.head_dim);
+  expect_numel("attention_forward", "lse", lse, l.batch * l.heads * l.seq);
+  const int64_t ld = l.row_stride(), hd = l.heads * l.head_dim, gd = l.groups * l.head_dim;
+  dispatch("attention_forward", qkv, [&](auto z) {
+    using T = decltype(z);
+    const T* q = qkv.data<T>();
+    cpu::attention_forward<T>(q, ld, q + hd, ld, q + hd + gd, ld, out.data<T>(), hd, lse.data<T>(),
+                              l.batch, l.seq, l.seq, l.heads, l.groups, l.head_dim,
+                              1.0 / std::sqrt(static_cast<double>(l.head_dim)));
+  });
+}
+
+void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& l, const Tensor& out,
+                        const Tensor& lse, Tensor& dqkv) {
+  check_qkv("attention_backward", qkv, l);
+  check_qkv("attention_backward", dqkv, l);
+  const int64_t ld = l.row_stride(), hd = l.heads * l.head_dim, gd = l.groups * l.head_dim;
+  dispatch("attention_backward", qkv, [&](auto z) {
+    using T = decltype(z);
+    const T* q = qkv.data<T>();
+    T* dq = dqkv.data<T>();
+    cpu::attention_backward<T>(dout.data<T>(), hd, q, ld, q + hd, ld, q + hd + gd, ld, out.data<T>(),
+                               lse.data<T>(), dq, dq + hd, dq + hd + gd, l.batch, l.seq, l.heads,
+                               l.groups, l.head_dim, 1.0 / std::sqrt(static_cast<double>(l.head_dim)));
+  });
+}
+
+void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t tk,
+                      int64_t heads, int64_t groups, int64_t head_dim, Tensor& out) {
+  const int64_t hd = heads * head_dim, gd = groups * head_dim, tq = rows_of(q, hd);
+  if (tq > tk) fail("attention_decode", "more queries than cached keys");
+  Tensor lse = Tensor::empty({heads * tq}, q.dtype(), MemoryCategory::Workspace);
+  dispatch("attention_decode", q, [&](auto z) {
+    using T = decltype(z);
+    cpu::attention_forward<T>(q.data<T>(), hd, k_cache.data<T>(), gd, v_cache.data<T>(), gd,
+                              out.data<T>(), hd, lse.data<T>(), 1, tq, tk, heads, groups, head_dim,
+                              1.0 / std::sqrt(static_cast<double>(head_dim)));
+  });
+}
+
+void swiglu_forward(const Tensor& gate_up, Tensor& out) {
+  const int64_t F = out.size(-1), rows = rows_of(out, F);
+  expect_numel("swiglu_forward", "gate_up", gate_up, rows * 2 * F);
+  dispatch("swiglu_forward", out, [&](auto z) {
+    using T = decltype(z);
+    const T* g = gate_up.data<T>();
+    cpu::swiglu_forward<T>(g, g + F, 2 * F, out.data<T>(), rows, F);
+  });
+}
+
+void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up) {
+  const int64_t F = dout.size(-1), rows = rows_of(dout, F);
+  expect_numel("swiglu_backward", "dgate_up", dgate_up, rows * 2 * F);
+  dispatch("swiglu_backward", dout, [&](auto z) {
+    using T = decltype(z);
+    const T* g = gate_up.data<T>();
+    T* dg = dgate_up.data<T>();
+    cpu::swiglu_backward<T>(dout.data<T>(), g, g + F, 2 * F, dg, dg + F, rows, F);
+  });
+}
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) {
+  const int64_t V = logits.size(-1), rows = rows_of(logits, V);
+  expect_numel("cross_entropy_forward", "targets", targets, rows);
+  dispatch("cross_entropy_forward", logits, [&](auto z) {
+    using T = decltype(z);
+    cpu::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), rows, V, loss.data<T>(),
+                                  lse.data<T>());
+  });
+}
+
+void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
+                                    const Tensor& dloss) {
+  const int64_t V = logits.size(-1), rows = rows_of(logits, V);
+  dispatch("cross_entropy_backward", logits, [&](auto z) {
+    using T = decltype(z);
+    cpu::cross_entropy_backward<T>(logits.data<T>(), lse.data<T>(), targets.data<int32_t>(),
+                                   dloss.data<T>(), rows, V, logits.data<T>());
+  });
+}
+
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                const AdamWParams& p) {
+  const int64_t n = param.numel();
+  expect_numel("adamw_step", "grad", grad, n);
+  expect_numel("adamw_step", "exp_avg", exp_avg, n);
+  expect_numel("adamw_step", "exp_avg_sq", exp_avg_sq, n);
+  dispatch("adamw_step", param, [&](auto z) {
+    using T = decltype(z);
+    cpu::adamw_step<T>(param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(), n,
+                       p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step, p.grad_scale);
+  });
+}
+
+double sum_of_squares(const Tensor& x) {
+  double r = 0;
+  dispatch("sum_of_squares", x, [&](auto z) {
+    using T = decltype(z);
+    r = cpu::sum_of_squares<T>(x.data<T>(), x.numel());
+  });
+  return r;
+}
+
+bool all_finite(const Tensor& x) {
+  bool r = true;
+  dispatch("all_finite", x, [&](auto z) {
+    using T = decltype(z);
+    r = cpu::all_finite<T>(x.data<T>(), x.numel());
+  });
+  return r;
+}
+
+}  // namespace llm::ops

@@ -1,0 +1,75 @@
+// The op interface: what layers call. Each op checks its operands and
+// dispatches on device and dtype to a kernel (core/cpu/*.h today, core/cuda/
+// with the CUDA backend), so layers never know which backend runs them.
+//
+// Conventions, shared by every op:
+//  - activations are row-major [rows, features] with rows = batch × sequence;
+//  - weights are [out_features, in_features] (Hugging Face layout, y = x·Wᵀ);
+//  - backward ops ADD into gradient outputs (callers zero them) unless noted.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace llm::ops {
+
+// y = x·Wᵀ (accumulate: y += x·Wᵀ). x [rows, in], w [out, in], y [rows, out].
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate = false);
+// dx += dy·W (skipped when dx is null), dw += dyᵀ·x.
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, Tensor& dw);
+
+// out[i] = table[tokens[i]]; throws on an id outside the table.
+void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out);
+void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable);
+
+// y = x·rsqrt(mean(x²)+eps)·w per row; rstd [rows] saved for backward.
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor& dw);
+
+// Layout of q, k and v inside one fused projection output [rows, (H + 2G)·D]:
+// columns [0, HD) are q, [HD, HD+GD) k, then v.
+struct QkvLayout {
+  int64_t batch, seq, heads, groups, head_dim;
+  int64_t row_stride() const { return (heads + 2 * groups) * head_dim; }
+};
+
+// Rotary embedding of q and k in place (HF rotate_half), positions pos_offset + t.
+void rope_forward(Tensor& qkv, const QkvLayout& l, int64_t pos_offset, double theta);
+// The transposed rotation applied in place to dq and dk (overwrite semantics).
+void rope_backward(Tensor& dqkv, const QkvLayout& l, int64_t pos_offset, double theta);
+
+// Causal grouped-query attention of the fused qkv buffer, flash style: out [rows, H·D]
+// and lse [batch, H, seq] (kept for backward instead of any T×T matrix).
+void attention_forward(const Tensor& qkv, const QkvLayout& l, Tensor& out, Tensor& lse);
+// dqkv += gradients of q, k and v (same fused layout).
+void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& l,
+                        const Tensor& out, const Tensor& lse, Tensor& dqkv);
+// Decoding with a KV cache: q [tq, H·D] (batch 1) attends to keys/values
+// [tk, G·D] of which q's rows are the last tq positions.
+void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t tk,
+                      int64_t heads, int64_t groups, int64_t head_dim, Tensor& out);
+
+// out = silu(gate)·up for a fused [rows, 2F] gate_up buffer; out [rows, F].
+void swiglu_forward(const Tensor& gate_up, Tensor& out);
+void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up);
+
+// Per-row loss = logsumexp(logits) − logits[target]; target −1 is ignored (loss 0).
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse);
+// dlogits = (softmax − onehot)·dloss[row], written over `logits` in place (overwrite).
+void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
+                                    const Tensor& dloss);
+
+// One AdamW step on a flat range (PyTorch's order of operations); step is 1-based.
+struct AdamWParams {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;
+  double grad_scale;  // gradients are multiplied by this first (clipping)
+};
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                const AdamWParams& p);
+
+double sum_of_squares(const Tensor& x);  // in double, deterministic
+bool all_finite(const Tensor& x);
+
+}  // namespace llm::ops

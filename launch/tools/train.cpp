@@ -1,0 +1,37 @@
+// llm-train: pretrain a LLaMA-style model. See --help and the README.
+#include <cstdio>
+#include <exception>
+
+#include "data/tokenizer.h"
+#include "launch/train_config.h"
+#include "launch/trainer.h"
+#include "parallel/mpi_env.h"
+
+int main(int argc, char** argv) {
+  llm::MpiEnv env(&argc, &argv);
+  llm::TrainConfig cfg;
+  try {
+    auto parsed = llm::parse_train_args(argc, argv);
+    if (!parsed) return 0;
+    cfg = *parsed;
+    if (!cfg.tokenizer_model.empty()) {
+      const llm::data::Tokenizer tok(cfg.tokenizer_model);
+      if (cfg.model.vocab_size != 0 && cfg.model.vocab_size != tok.vocab_size())
+        throw llm::UsageError("--vocab-size " + std::to_string(cfg.model.vocab_size) + " differs from the " +
+                              std::to_string(tok.vocab_size()) + " pieces of --tokenizer-model " +
+                              cfg.tokenizer_model + ": drop --vocab-size");
+      cfg.model.vocab_size = tok.vocab_size();
+    }
+    llm::validate(cfg, env.world_size());
+  } catch (const llm::UsageError& e) {
+    env.fail("llm-train", e.what(), 2);
+  } catch (const std::exception& e) {
+    env.fail("llm-train", e.what(), 2);
+  }
+  try {
+    llm::Trainer trainer(cfg);
+    return trainer.run();
+  } catch (const std::exception& e) {
+    env.fail("llm-train", e.what(), 1);
+  }
+}

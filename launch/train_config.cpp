@@ -1,0 +1,157 @@
+#include "launch/train_config.h"
+
+#include <boost/program_options.hpp>
+#include <fstream>
+#include <iostream>
+
+namespace po = boost::program_options;
+
+namespace llm {
+
+std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
+  TrainConfig c;
+  std::string decay_style = "cosine", config_file;
+  int64_t vocab = 0;
+  po::options_description model("Model"), data("Data"), train("Training"), layout("Parallelism and precision"),
+      log("Logging and evaluation"), ckpt("Checkpoints"), general("General");
+  general.add_options()("help,h", "print this help")(
+      "config", po::value(&config_file), "read options from FILE (lines 'flag-name = value'; the command line wins)");
+  model.add_options()
+      ("num-layers", po::value(&c.model.num_layers)->default_value(c.model.num_layers), "transformer blocks")
+      ("hidden-size", po::value(&c.model.hidden_size)->default_value(c.model.hidden_size), "model width")
+      ("ffn-hidden-size", po::value(&c.model.ffn_hidden_size)->default_value(0), "SwiGLU width (0: LLaMA's rule ceil(8·hidden/3 / multiple)·multiple)")
+      ("ffn-multiple-of", po::value(&c.model.ffn_multiple_of)->default_value(c.model.ffn_multiple_of), "rounding multiple of the default FFN width")
+      ("num-attention-heads", po::value(&c.model.num_attention_heads)->default_value(c.model.num_attention_heads), "query heads")
+      ("num-query-groups", po::value(&c.model.num_query_groups)->default_value(0), "key/value heads for grouped-query attention (0: = heads)")
+      ("seq-length", po::value(&c.model.seq_length)->default_value(c.model.seq_length), "tokens per training sequence")
+      ("vocab-size", po::value(&vocab)->default_value(0), "vocabulary size (0: from --tokenizer-model)")
+      ("rotary-base", po::value(&c.model.rope_theta)->default_value(c.model.rope_theta), "RoPE theta")
+      ("norm-epsilon", po::value(&c.model.norm_eps)->default_value(c.model.norm_eps), "RMSNorm epsilon")
+      ("init-method-std", po::value(&c.model.init_std)->default_value(c.model.init_std), "std of the normal weight init")
+      ("tie-embeddings", po::bool_switch(&c.model.tie_embeddings), "share the input embedding and output projection");
+  data.add_options()
+      ("data-path", po::value(&c.data_path), "token file prefix written by llm-prepare-data (PREFIX.bin/.idx)")
+      ("valid-data-path", po::value(&c.valid_data_path), "separate validation token file prefix (else the last --valid-fraction of --data-path is held out)")
+      ("valid-fraction", po::value(&c.valid_fraction)->default_value(c.valid_fraction), "fraction of --data-path held out for validation")
+      ("tokenizer-model", po::value(&c.tokenizer_model), "SentencePiece model (gives --vocab-size; copied into checkpoints)");
+  train.add_options()
+      ("micro-batch-size", po::value(&c.micro_batch_size)->default_value(c.micro_batch_size), "sequences per forward/backward")
+      ("global-batch-size", po::value(&c.global_batch_size)->default_value(0), "sequences per optimizer step (0: micro × data-parallel; gradients are accumulated over the rest)")
+      ("train-iters", po::value(&c.train_iters), "optimizer steps (required)")
+      ("lr", po::value(&c.lr.max_lr)->default_value(3e-4), "peak learning rate")
+      ("min-lr", po::value(&c.lr.min_lr)->default_value(0.0), "learning rate at the end of decay")
+      ("lr-warmup-iters", po::value(&c.lr.warmup_iters)->default_value(0), "linear warm-up steps")
+      ("lr-decay-iters", po::value(&c.lr.decay_iters)->default_value(0), "step where decay reaches --min-lr (0: --train-iters)")
+      ("lr-decay-style", po::value(&decay_style)->default_value(decay_style), "cosine, linear or constant")
+      ("weight-decay", po::value(&c.adam.weight_decay)->default_value(c.adam.weight_decay), "decoupled weight decay (matrices only)")
+      ("adam-beta1", po::value(&c.adam.beta1)->default_value(c.adam.beta1), "Adam beta1")
+      ("adam-beta2", po::value(&c.adam.beta2)->default_value(c.adam.beta2), "Adam beta2")
+      ("adam-eps", po::value(&c.adam.eps)->default_value(c.adam.eps), "Adam epsilon")
+      ("clip-grad", po::value(&c.clip_grad)->default_value(c.clip_grad), "global gradient-norm clip (0: off)")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation and data order");
+  layout.add_options()
+      ("tensor-model-parallel-size", po::value(&c.tensor_parallel)->default_value(1), "tensor-parallel ranks")
+      ("pipeline-model-parallel-size", po::value(&c.pipeline_parallel)->default_value(1), "pipeline stages")
+      ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard norms/residuals along the sequence (needs tensor parallelism)")
+      ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage 0-3")
+      ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
+      ("bf16", po::bool_switch(&c.bf16), "bf16 weights and activations, fp32 master weights")
+      ("fp16", po::bool_switch(&c.fp16), "fp16 with dynamic loss scaling");
+  log.add_options()
+      ("log-interval", po::value(&c.log_interval)->default_value(c.log_interval), "iterations between log lines")
+      ("eval-interval", po::value(&c.eval_interval)->default_value(0), "iterations between evaluations (0: only at the end)")
+      ("eval-iters", po::value(&c.eval_iters)->default_value(c.eval_iters), "micro-batches per evaluation")
+      ("metrics-file", po::value(&c.metrics_file), "append JSON Lines metrics here")
+      ("peak-tflops", po::value(&c.peak_tflops)->default_value(0.0), "peak TFLOP/s of one process's hardware, for MFU");
+  ckpt.add_options()
+      ("save", po::value(&c.save), "checkpoint directory to write")
+      ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
+      ("save-interval", po::value(&c.save_interval)->default_value(0), "iterations between checkpoints (0: only at the end)")
+      ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this");
+  po::options_description all("llm-train: train a LLaMA-style model\n\nUsage: llm-train [options]  (or mpirun -n N llm-train ...)");
+  all.add(general).add(model).add(data).add(train).add(layout).add(log).add(ckpt);
+
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, all), vm);
+    if (vm.count("help")) {
+      std::cout << all << "\n";
+      return std::nullopt;
+    }
+    if (vm.count("config")) {
+      const std::string file = vm["config"].as<std::string>();
+      std::ifstream in(file);
+      if (!in) throw UsageError("--config " + file + ": cannot open the file (check the path and permissions)");
+      po::store(po::parse_config_file(in, all), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string(e.what()) + " (see llm-train --help)");
+  }
+  if (!vm.count("train-iters")) throw UsageError("--train-iters is required (number of optimizer steps)");
+  try {
+    c.lr.style = lr_decay_style_from_name(decay_style);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  c.model.vocab_size = vocab;
+  return c;
+}
+
+static void need(bool ok, const std::string& msg) {
+  if (!ok) throw UsageError(msg);
+}
+
+void validate(TrainConfig& c, int world) {
+  need(c.train_iters > 0, "--train-iters must be positive");
+  need(c.micro_batch_size > 0, "--micro-batch-size must be positive");
+  need(c.tensor_parallel >= 1 && c.pipeline_parallel >= 1,
+       "--tensor-model-parallel-size and --pipeline-model-parallel-size must be at least 1");
+  need(world % (c.tensor_parallel * c.pipeline_parallel) == 0,
+       "world size " + std::to_string(world) + " is not divisible by tensor × pipeline parallel size " +
+           std::to_string(c.tensor_parallel * c.pipeline_parallel) + ": change -n or the parallel sizes");
+  // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
+  need(world == 1, "this build trains in one process only (tensor, pipeline and data parallelism are not in "
+                   "yet): launch with mpirun -n 1");
+  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1");
+  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1");
+  need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
+  need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
+  need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
+  need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
+  need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
+  need(c.recompute_granularity.empty(), "--recompute-granularity is not supported yet: leave it unset");
+
+  const int64_t dp = c.data_parallel(world);
+  if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * dp;
+  need(c.global_batch_size > 0, "--global-batch-size must be positive");
+  need(c.global_batch_size % (c.micro_batch_size * dp) == 0,
+       "--global-batch-size " + std::to_string(c.global_batch_size) + " is not divisible by --micro-batch-size " +
+           std::to_string(c.micro_batch_size) + " × data-parallel size " + std::to_string(dp) +
+           ": make it a multiple of " + std::to_string(c.micro_batch_size * dp));
+  need(c.lr.max_lr > 0, "--lr must be positive");
+  need(c.lr.min_lr >= 0 && c.lr.min_lr <= c.lr.max_lr, "--min-lr must be between 0 and --lr");
+  need(c.lr.warmup_iters >= 0, "--lr-warmup-iters must be non-negative");
+  if (c.lr.decay_iters == 0) c.lr.decay_iters = c.train_iters;
+  need(c.lr.decay_iters > c.lr.warmup_iters || c.lr.style == LrDecayStyle::Constant,
+       "--lr-decay-iters (default --train-iters) must exceed --lr-warmup-iters");
+  need(c.adam.beta1 >= 0 && c.adam.beta1 < 1, "--adam-beta1 must be in [0, 1)");
+  need(c.adam.beta2 >= 0 && c.adam.beta2 < 1, "--adam-beta2 must be in [0, 1)");
+  need(c.adam.eps > 0, "--adam-eps must be positive");
+  need(c.adam.weight_decay >= 0, "--weight-decay must be non-negative");
+  need(c.clip_grad >= 0, "--clip-grad must be non-negative (0 turns clipping off)");
+  need(c.log_interval > 0, "--log-interval must be positive");
+  need(c.eval_interval >= 0 && c.eval_iters >= 0, "--eval-interval and --eval-iters must be non-negative");
+  need(c.save_interval >= 0 && c.exit_interval >= 0, "--save-interval and --exit-interval must be non-negative");
+  need(c.valid_fraction >= 0 && c.valid_fraction < 1, "--valid-fraction must be in [0, 1)");
+  need(!c.data_path.empty(), "--data-path is required (a token file prefix from llm-prepare-data)");
+  need(c.tokenizer_model.empty() == false || c.model.vocab_size > 0,
+       "give --tokenizer-model (preferred) or --vocab-size so the embedding size is known");
+  try {
+    c.model.resolved().validate();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+}
+
+}  // namespace llm

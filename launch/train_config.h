@@ -1,0 +1,58 @@
+// Every option of llm-train, parsed from the command line and/or --config FILE
+// (Boost.Program_options; Megatron-LM's flag names where Megatron has one) and
+// validated up front, before anything is allocated.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "layers/model_config.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+
+namespace llm {
+
+// A usage error: printed with the program's name, exit code 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  // data
+  std::string data_path, valid_data_path, tokenizer_model;
+  double valid_fraction = 0.01;
+  // batch and schedule
+  int64_t micro_batch_size = 4;
+  int64_t global_batch_size = 0;  // 0: micro × data-parallel size
+  int64_t train_iters = 0;
+  LrSchedule lr;
+  AdamWConfig adam;
+  double clip_grad = 1.0;
+  uint64_t seed = 1234;
+  // parallel layout and precision (one process, fp32 until those issues land)
+  int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
+  bool sequence_parallel = false, bf16 = false, fp16 = false;
+  std::string recompute_granularity;  // "", "full", "selective"
+  // logging and evaluation
+  int64_t log_interval = 10, eval_interval = 0, eval_iters = 10;
+  std::string metrics_file;
+  double peak_tflops = 0.0;  // per process; 0: MFU not printed
+  // checkpoints
+  std::string save, load;
+  int64_t save_interval = 0, exit_interval = 0;
+
+  int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }
+  int64_t accumulation_steps(int world) const {
+    return global_batch_size / (micro_batch_size * data_parallel(world));
+  }
+};
+
+// Parses argv (and --config FILE). Returns nullopt after printing --help.
+// Throws UsageError with a message naming the flag and the fix.
+std::optional<TrainConfig> parse_train_args(int argc, char** argv);
+// Checks every combination of flags against each other and the world size.
+void validate(TrainConfig& cfg, int world_size);
+
+}  // namespace llm

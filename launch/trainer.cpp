@@ -1,0 +1,285 @@
+#include "launch/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <stdexcept>
+
+#include "checkpoint/checkpoint.h"
+
+namespace llm {
+
+MetricsWriter::MetricsWriter(const std::string& path) {
+  if (path.empty()) return;
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  f_ = std::fopen(path.c_str(), "a");
+  if (!f_) throw std::runtime_error("--metrics-file " + path + ": cannot open it for appending");
+}
+
+MetricsWriter::~MetricsWriter() {
+  if (f_) std::fclose(f_);
+}
+
+void MetricsWriter::write(const nlohmann::json& j) {
+  if (!f_) return;
+  // nlohmann writes doubles as the shortest string that round-trips: full precision.
+  const std::string line = j.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), f_);
+  std::fflush(f_);
+}
+
+EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t count, int64_t micro) {
+  const int64_t S = windows.seq_length();
+  EvalResult r;
+  std::vector<int32_t> buf;
+  double sum = 0.0;
+  for (int64_t first = 0; first < count; first += micro) {
+    const int64_t n = std::min(micro, count - first);
+    buf.resize(static_cast<size_t>(n * (S + 1)));
+    windows.fill(first, n, buf.data());
+    MicrobatchContext ctx;
+    model.set_batch(ctx, buf.data(), n, S);
+    sum += model.forward(ctx);
+    r.tokens += ctx.num_targets;
+  }
+  r.loss = r.tokens ? sum / static_cast<double>(r.tokens) : 0.0;
+  return r;
+}
+
+static std::string now_str() {
+  char buf[32];
+  std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
+  return buf;
+}
+
+static std::string hms(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file) {
+  train_data_ = std::make_unique<data::TokenDataset>(cfg_.data_path);
+  train_data_->check_vocab(cfg_.model.vocab_size);
+  const bool separate_valid = !cfg_.valid_data_path.empty();
+  data::SplitSpec spec;
+  spec.valid_fraction = cfg_.valid_fraction;
+  const data::DataSplit split = data::split_dataset(*train_data_, cfg_.model.seq_length, spec, separate_valid);
+  sampler_ = std::make_unique<data::TrainSampler>(*train_data_, cfg_.model.seq_length, cfg_.seed, split.train);
+  if (separate_valid) {
+    valid_data_ = std::make_unique<data::TokenDataset>(cfg_.valid_data_path);
+    valid_data_->check_vocab(cfg_.model.vocab_size);
+    eval_windows_ = std::make_unique<data::EvalWindows>(*valid_data_, cfg_.model.seq_length);
+  } else if (!split.valid.empty()) {
+    eval_windows_ = std::make_unique<data::EvalWindows>(*train_data_, cfg_.model.seq_length, split.valid);
+  }
+
+  model_ = std::make_unique<LlamaModel>(cfg_.model);
+  optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
+  if (!cfg_.load.empty()) {
+    CheckpointOnDisk ck = open_checkpoint(cfg_.load);
+    if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
+      throw std::runtime_error("--load " + cfg_.load + ": the checkpoint's model " + nlohmann::json(ck.model).dump() +
+                               " differs from the one configured " + nlohmann::json(model_->config()).dump() +
+                               "; use the same model flags as the saved run");
+    load_model_weights(ck, *model_);
+    load_optimizer_state(ck, *optimizer_);
+    iteration_ = ck.state.iteration;
+    consumed_samples_ = ck.state.consumed_samples;
+    skipped_ = ck.state.skipped_iterations;
+    if (!ck.state.sampler.is_null()) sampler_->check_resume(ck.state.sampler.get<data::SamplerState>());
+    std::printf("loaded checkpoint %s at iteration %lld (%lld samples consumed)\n", ck.dir.c_str(),
+                static_cast<long long>(iteration_), static_cast<long long>(consumed_samples_));
+    metrics_.write({{"event", "checkpoint_loaded"}, {"iteration", iteration_}, {"path", ck.dir}});
+  } else {
+    model_->initialize(cfg_.seed);
+  }
+  const ModelConfig& m = model_->config();
+  std::printf("model: %lld layers, hidden %lld, ffn %lld, heads %lld (query groups %lld), vocab %lld, seq %lld: "
+              "%.2fM parameters (%.2fM in matrix products)\n",
+              static_cast<long long>(m.num_layers), static_cast<long long>(m.hidden_size),
+              static_cast<long long>(m.ffn()), static_cast<long long>(m.num_attention_heads),
+              static_cast<long long>(m.groups()), static_cast<long long>(m.vocab_size),
+              static_cast<long long>(m.seq_length), m.num_parameters() / 1e6, m.num_matmul_parameters() / 1e6);
+  std::printf("data: %lld training windows per epoch, %lld validation windows; global batch %lld = micro %lld x %lld "
+              "accumulation steps\n",
+              static_cast<long long>(sampler_->num_windows()),
+              static_cast<long long>(eval_windows_ ? eval_windows_->count() : 0),
+              static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
+              static_cast<long long>(cfg_.accumulation_steps(1)));
+  std::fflush(stdout);
+}
+
+Trainer::StepResult Trainer::train_step(int64_t iteration) {
+  const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length;
+  const int64_t steps = cfg_.accumulation_steps(1);
+  const double tokens_in_batch = static_cast<double>(cfg_.global_batch_size * S);
+  model_->params().zero_grads();
+  StepResult r;
+  double loss_sum = 0.0;
+  batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
+  for (int64_t k = 0; k < steps; ++k) {
+    sampler_->fill(consumed_samples_ + k * micro, micro, batch_tokens_.data());
+    MicrobatchContext ctx;
+    model_->set_batch(ctx, batch_tokens_.data(), micro, S);
+    loss_sum += model_->forward(ctx);
+    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch
+    model_->backward(ctx, 1.0 / tokens_in_batch);
+  }
+  r.loss = loss_sum / tokens_in_batch;
+  r.grad_norm = global_grad_norm(model_->params());
+  r.lr = cfg_.lr.at(iteration);
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    r.skipped = true;  // never apply a non-finite update
+  } else {
+    optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad));
+  }
+  consumed_samples_ += cfg_.global_batch_size;
+  return r;
+}
+
+void Trainer::run_evaluation(int64_t iteration) {
+  if (!eval_windows_ || cfg_.eval_iters == 0) return;
+  const int64_t count = std::min(eval_windows_->count(), cfg_.eval_iters * cfg_.micro_batch_size);
+  const auto t0 = std::chrono::steady_clock::now();
+  const EvalResult e = evaluate(*model_, *eval_windows_, count, cfg_.micro_batch_size);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double ppl = std::exp(e.loss);
+  std::printf("-----------------------------------------------------------------------------\n"
+              " validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E | %lld tokens in %.1f s\n"
+              "-----------------------------------------------------------------------------\n",
+              static_cast<long long>(iteration), e.loss, ppl, static_cast<long long>(e.tokens), secs);
+  std::fflush(stdout);
+  metrics_.write({{"iteration", iteration}, {"val_loss", e.loss}, {"val_ppl", ppl}, {"val_tokens", e.tokens}});
+}
+
+nlohmann::json Trainer::args_json() const {
+  return {{"data_path", cfg_.data_path},
+          {"micro_batch_size", cfg_.micro_batch_size},
+          {"global_batch_size", cfg_.global_batch_size},
+          {"train_iters", cfg_.train_iters},
+          {"lr", cfg_.lr.max_lr},
+          {"min_lr", cfg_.lr.min_lr},
+          {"lr_warmup_iters", cfg_.lr.warmup_iters},
+          {"lr_decay_iters", cfg_.lr.decay_iters},
+          {"lr_decay_style", lr_decay_style_name(cfg_.lr.style)},
+          {"clip_grad", cfg_.clip_grad},
+          {"seed", cfg_.seed}};
+}
+
+void Trainer::save(int64_t iteration) {
+  const auto t0 = std::chrono::steady_clock::now();
+  CheckpointContents c;
+  c.model = model_.get();
+  c.optimizer = optimizer_.get();
+  c.state.iteration = iteration;
+  c.state.consumed_samples = consumed_samples_;
+  c.state.skipped_iterations = skipped_;
+  c.state.sampler = sampler_->state(consumed_samples_);
+  c.state.scheduler = {{"max_lr", cfg_.lr.max_lr}, {"min_lr", cfg_.lr.min_lr}, {"warmup_iters", cfg_.lr.warmup_iters},
+                       {"decay_iters", cfg_.lr.decay_iters}, {"style", lr_decay_style_name(cfg_.lr.style)}};
+  c.layout = {{"tensor_parallel", 1}, {"pipeline_parallel", 1}, {"data_parallel", 1}, {"zero_stage", 0},
+              {"dtype", "F32"}};
+  c.args = args_json();
+  c.tokenizer_model = cfg_.tokenizer_model;
+  const std::string dir = save_checkpoint(cfg_.save, c);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("saved checkpoint at iteration %lld to %s (%.2f s)\n", static_cast<long long>(iteration), dir.c_str(),
+              secs);
+  std::fflush(stdout);
+  metrics_.write({{"event", "checkpoint_saved"}, {"iteration", iteration}, {"path", dir}, {"seconds", secs}});
+}
+
+int Trainer::run() {
+  const ModelConfig& m = model_->config();
+  const double flops_per_iter = m.flops_per_token() * static_cast<double>(cfg_.global_batch_size * m.seq_length);
+  const auto start = std::chrono::steady_clock::now();
+  auto last = start;
+  double interval_loss = 0.0;
+  int64_t interval_iters = 0, interval_skipped = 0;
+  double last_grad_norm = 0.0;
+  const int64_t first_iter = iteration_ + 1;
+  if (iteration_ >= cfg_.train_iters) {
+    std::printf("nothing to do: the checkpoint is at iteration %lld and --train-iters is %lld\n",
+                static_cast<long long>(iteration_), static_cast<long long>(cfg_.train_iters));
+    return 0;
+  }
+  bool saved_last = false;
+  while (iteration_ < cfg_.train_iters) {
+    const int64_t it = iteration_ + 1;
+    const StepResult r = train_step(it);
+    iteration_ = it;
+    saved_last = false;
+    if (r.skipped) {
+      ++skipped_;
+      ++interval_skipped;
+      std::printf("iteration %lld skipped: non-finite loss %g or grad norm %g\n", static_cast<long long>(it), r.loss,
+                  r.grad_norm);
+      metrics_.write({{"event", "skipped_step"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}});
+    } else {
+      interval_loss += r.loss;
+      ++interval_iters;
+    }
+    last_grad_norm = r.grad_norm;
+    if (it % cfg_.log_interval == 0 || it == cfg_.train_iters) {
+      const auto now = std::chrono::steady_clock::now();
+      const double secs = std::chrono::duration<double>(now - last).count();
+      const int64_t iters_in_interval = interval_iters + interval_skipped;
+      const double ms_per_iter = 1000.0 * secs / static_cast<double>(std::max<int64_t>(1, iters_in_interval));
+      const double tokens_per_sec = static_cast<double>(cfg_.global_batch_size * m.seq_length) * 1000.0 / ms_per_iter;
+      const double tflops = flops_per_iter / (ms_per_iter / 1000.0) / 1e12;
+      const double loss = interval_iters ? interval_loss / static_cast<double>(interval_iters) : NAN;
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      const double eta = elapsed / static_cast<double>(it - first_iter + 1) * static_cast<double>(cfg_.train_iters - it);
+      char mfu[48] = "";
+      if (cfg_.peak_tflops > 0) std::snprintf(mfu, sizeof mfu, " MFU: %.1f%% |", 100.0 * tflops / cfg_.peak_tflops);
+      std::printf(" [%s] iteration %8lld/%8lld | consumed samples: %10lld | elapsed time per iteration (ms): %.1f | "
+                  "learning rate: %.6E | global batch size: %5lld | lm loss: %.6E | grad norm: %.3f | "
+                  "tokens/s: %.0f | TFLOP/s: %.4f |%s number of skipped iterations: %3lld | %3.0f%% ETA %s\n",
+                  now_str().c_str(), static_cast<long long>(it), static_cast<long long>(cfg_.train_iters),
+                  static_cast<long long>(consumed_samples_), ms_per_iter, r.lr,
+                  static_cast<long long>(cfg_.global_batch_size), loss, last_grad_norm, tokens_per_sec, tflops, mfu,
+                  static_cast<long long>(interval_skipped), 100.0 * static_cast<double>(it) / cfg_.train_iters,
+                  hms(eta).c_str());
+      std::fflush(stdout);
+      nlohmann::json j = {{"iteration", it},
+                          {"lm_loss", loss},
+                          {"lr", r.lr},
+                          {"grad_norm", last_grad_norm},
+                          {"tokens_per_sec", tokens_per_sec},
+                          {"skipped", interval_skipped},
+                          {"consumed_samples", consumed_samples_},
+                          {"ms_per_iter", ms_per_iter},
+                          {"tflops", tflops}};
+      if (cfg_.peak_tflops > 0) j["mfu"] = tflops / cfg_.peak_tflops;
+      metrics_.write(j);
+      interval_loss = 0.0;
+      interval_iters = interval_skipped = 0;
+      last = now;
+    }
+    if (cfg_.eval_interval > 0 && it % cfg_.eval_interval == 0 && it != cfg_.train_iters) run_evaluation(it);
+    const bool exiting = cfg_.exit_interval > 0 && it % cfg_.exit_interval == 0 && it != cfg_.train_iters;
+    if (!cfg_.save.empty() && ((cfg_.save_interval > 0 && it % cfg_.save_interval == 0) || exiting)) {
+      save(it);
+      saved_last = true;
+    }
+    if (exiting) {
+      std::printf("exiting at iteration %lld (--exit-interval %lld)\n", static_cast<long long>(it),
+                  static_cast<long long>(cfg_.exit_interval));
+      return 0;
+    }
+  }
+  run_evaluation(iteration_);
+  if (!cfg_.save.empty() && !saved_last) save(iteration_);
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),
+              hms(total).c_str(), static_cast<long long>(skipped_));
+  return 0;
+}
+
+}  // namespace llm

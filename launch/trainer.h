@@ -1,0 +1,64 @@
+// The training loop of llm-train: data → forward/backward over micro-batches
+// (gradient accumulation) → clip → AdamW → log, evaluate, checkpoint.
+#pragma once
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "data/sampler.h"
+#include "data/token_file.h"
+#include "launch/train_config.h"
+#include "layers/llama_model.h"
+#include "optim/adamw.h"
+
+namespace llm {
+
+// Appends one JSON object per line; every line is flushed so a crash loses nothing.
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);
+  ~MetricsWriter();
+  void write(const nlohmann::json& j);
+  bool enabled() const { return f_ != nullptr; }
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+struct EvalResult {
+  double loss = 0.0;
+  int64_t tokens = 0;
+};
+
+// Mean token loss of `windows` [first, first+count) in micro-batches of `micro`.
+EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t count, int64_t micro);
+
+class Trainer {
+ public:
+  // Opens the data, builds the model and optimizer, resumes from --load.
+  explicit Trainer(const TrainConfig& cfg);
+  // Runs to --train-iters (or --exit-interval). Returns the process exit code.
+  int run();
+
+ private:
+  struct StepResult {
+    double loss = 0.0, grad_norm = 0.0, lr = 0.0;
+    bool skipped = false;
+  };
+  StepResult train_step(int64_t iteration);
+  void run_evaluation(int64_t iteration);
+  void save(int64_t iteration);
+  nlohmann::json args_json() const;
+
+  TrainConfig cfg_;
+  std::unique_ptr<data::TokenDataset> train_data_, valid_data_;
+  std::unique_ptr<data::TrainSampler> sampler_;
+  std::unique_ptr<data::EvalWindows> eval_windows_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  MetricsWriter metrics_;
+  int64_t iteration_ = 0, consumed_samples_ = 0, skipped_ = 0;
+  std::vector<int32_t> batch_tokens_;
+};
+
+}  // namespace llm

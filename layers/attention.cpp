@@ -1,0 +1,72 @@
+#include "layers/attention.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace llm {
+
+Attention::Attention(ParameterStore& store, const std::string& prefix, const ModelConfig& cfg)
+    : heads_(cfg.num_attention_heads),
+      groups_(cfg.groups()),
+      head_dim_(cfg.head_dim()),
+      rope_theta_(cfg.rope_theta),
+      qkv_(store,
+           {{prefix + "q_proj.weight", heads_ * head_dim_},
+            {prefix + "k_proj.weight", groups_ * head_dim_},
+            {prefix + "v_proj.weight", groups_ * head_dim_}},
+           cfg.hidden_size, cfg.init_std),
+      // Output projections are scaled by 1/√(2·layers) (GPT-2 / Megatron practice).
+      o_proj_(store, {{prefix + "o_proj.weight", cfg.hidden_size}}, heads_ * head_dim_,
+              cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.num_layers))) {}
+
+void Attention::forward(const Tensor& x, int64_t batch, int64_t seq, Tensor& y, Saved& saved) const {
+  const int64_t rows = batch * seq;
+  const auto l = layout(batch, seq);
+  saved.x = x;
+  saved.qkv = Tensor::empty({rows, l.row_stride()}, x.dtype(), MemoryCategory::Activations, x.device());
+  qkv_.forward(x, saved.qkv);
+  ops::rope_forward(saved.qkv, l, 0, rope_theta_);
+  saved.attn = Tensor::empty({rows, heads_ * head_dim_}, x.dtype(), MemoryCategory::Activations, x.device());
+  saved.lse = Tensor::empty({batch, heads_, seq}, x.dtype(), MemoryCategory::Activations, x.device());
+  ops::attention_forward(saved.qkv, l, saved.attn, saved.lse);
+  o_proj_.forward(saved.attn, y, /*accumulate=*/true);
+}
+
+void Attention::backward(const Tensor& dy, const Saved& saved, int64_t batch, int64_t seq, Tensor& dx) const {
+  const int64_t rows = batch * seq;
+  const auto l = layout(batch, seq);
+  Tensor dattn = Tensor::zeros({rows, heads_ * head_dim_}, dy.dtype(), MemoryCategory::Activations, dy.device());
+  o_proj_.backward(dy, saved.attn, &dattn);
+  Tensor dqkv = Tensor::zeros({rows, l.row_stride()}, dy.dtype(), MemoryCategory::Activations, dy.device());
+  ops::attention_backward(dattn, saved.qkv, l, saved.attn, saved.lse, dqkv);
+  ops::rope_backward(dqkv, l, 0, rope_theta_);
+  qkv_.backward(dqkv, saved.x, &dx);
+}
+
+void Attention::decode(const Tensor& x, KVCache& cache, Tensor& y) const {
+  const int64_t tq = x.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
+  const int64_t max_len = cache.k.size(0);
+  if (cache.length + tq > max_len)
+    throw std::length_error("KV cache full: " + std::to_string(cache.length + tq) + " positions > " +
+                            std::to_string(max_len));
+  const auto l = layout(1, tq);
+  Tensor qkv = Tensor::empty({tq, l.row_stride()}, x.dtype(), MemoryCategory::Activations, x.device());
+  qkv_.forward(x, qkv);
+  ops::rope_forward(qkv, l, cache.length, rope_theta_);
+  // Append k and v of the new positions to the cache, then attend to all of it.
+  Tensor q = Tensor::empty({tq, hd}, x.dtype(), MemoryCategory::Activations, x.device());
+  const size_t es = dtype_size(x.dtype());
+  for (int64_t t = 0; t < tq; ++t) {
+    const char* row = static_cast<const char*>(qkv.raw()) + t * l.row_stride() * es;
+    std::memcpy(static_cast<char*>(q.raw()) + t * hd * es, row, hd * es);
+    std::memcpy(static_cast<char*>(cache.k.raw()) + (cache.length + t) * gd * es, row + hd * es, gd * es);
+    std::memcpy(static_cast<char*>(cache.v.raw()) + (cache.length + t) * gd * es, row + (hd + gd) * es, gd * es);
+  }
+  cache.length += tq;
+  Tensor attn = Tensor::empty({tq, hd}, x.dtype(), MemoryCategory::Activations, x.device());
+  ops::attention_decode(q, cache.k, cache.v, cache.length, heads_, groups_, head_dim_, attn);
+  o_proj_.forward(attn, y, /*accumulate=*/true);
+}
+
+}  // namespace llm

@@ -1,0 +1,116 @@
+#include "layers/llama_model.h"
+
+#include <cstring>
+
+#include "core/ops.h"
+
+namespace llm {
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device)
+    : cfg_(cfg.resolved()), dtype_(dtype), device_(device), store_(dtype, device) {
+  cfg_.validate();
+  // Registration order is the flat-buffer order: Hugging Face's parameter order.
+  embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
+                                       cfg_.init_std);
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_));
+  final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
+  if (cfg_.tie_embeddings)
+    lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
+  else
+    lm_head_ = std::make_unique<Linear>(
+        store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,
+        cfg_.init_std);
+  store_.allocate();
+}
+
+void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const {
+  ctx = MicrobatchContext{};
+  ctx.batch = batch;
+  ctx.seq = seq;
+  ctx.inputs = Tensor::empty({batch * seq}, DType::I32, MemoryCategory::Activations);
+  ctx.targets = Tensor::empty({batch * seq}, DType::I32, MemoryCategory::Activations);
+  int32_t* in = ctx.inputs.data<int32_t>();
+  int32_t* tg = ctx.targets.data<int32_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(in + b * seq, windows + b * (seq + 1), seq * sizeof(int32_t));
+    std::memcpy(tg + b * seq, windows + b * (seq + 1) + 1, seq * sizeof(int32_t));
+  }
+}
+
+double LlamaModel::forward(MicrobatchContext& ctx) const {
+  const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size, V = cfg_.vocab_size;
+  Tensor x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
+  embed_->forward(ctx.inputs, x);
+  ctx.blocks.assign(blocks_.size(), {});
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
+  ctx.normed = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
+  final_norm_->forward(x, ctx.normed, ctx.final_norm);
+  ctx.logits = Tensor::empty({rows, V}, dtype_, MemoryCategory::Activations, device_);
+  lm_head_->forward(ctx.normed, ctx.logits);
+  Tensor losses = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
+  ctx.lse = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
+  ops::cross_entropy_forward(ctx.logits, ctx.targets, losses, ctx.lse);
+  // Sum in a fixed order in double so the reported loss does not depend on threads.
+  double sum = 0.0;
+  int64_t count = 0;
+  const int32_t* tg = ctx.targets.data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    if (tg[r] < 0) continue;
+    sum += dtype_ == DType::F64 ? losses.data<double>()[r] : static_cast<double>(losses.data<float>()[r]);
+    ++count;
+  }
+  ctx.loss_sum = sum;
+  ctx.num_targets = count;
+  return sum;
+}
+
+void LlamaModel::backward(MicrobatchContext& ctx, double dloss) const {
+  const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
+  Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
+  if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
+  else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
+  ops::cross_entropy_backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
+  Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+  lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
+  ctx.logits = Tensor();  // the largest activation: free it as soon as possible
+  Tensor dx = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+  final_norm_->backward(dnormed, ctx.final_norm, dx);
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    dx = blocks_[i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
+    ctx.blocks[i] = {};  // release this block's activations
+  }
+  embed_->backward(ctx.inputs, dx);
+}
+
+LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {
+  DecodeState s;
+  const int64_t gd = cfg_.groups() * cfg_.head_dim();
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+    Attention::KVCache c;
+    c.k = Tensor::zeros({max_len, gd}, dtype_, MemoryCategory::Activations, device_);
+    c.v = Tensor::zeros({max_len, gd}, dtype_, MemoryCategory::Activations, device_);
+    s.caches.push_back(std::move(c));
+  }
+  return s;
+}
+
+std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, DecodeState& state) const {
+  const int64_t n = static_cast<int64_t>(tokens.size()), d = cfg_.hidden_size, V = cfg_.vocab_size;
+  Tensor ids = Tensor::empty({n}, DType::I32, MemoryCategory::Activations);
+  std::memcpy(ids.data<int32_t>(), tokens.data(), n * sizeof(int32_t));
+  Tensor x = Tensor::empty({n, d}, dtype_, MemoryCategory::Activations, device_);
+  embed_->forward(ids, x);
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->decode(x, state.caches[i]);
+  Tensor last = x.slice_rows(n - 1, n);
+  Tensor normed = Tensor::empty({1, d}, dtype_, MemoryCategory::Activations, device_);
+  RMSNorm::Saved scratch;
+  final_norm_->forward(last, normed, scratch);
+  Tensor logits = Tensor::empty({1, V}, dtype_, MemoryCategory::Activations, device_);
+  lm_head_->forward(normed, logits);
+  std::vector<float> out(V);
+  for (int64_t v = 0; v < V; ++v)
+    out[v] = dtype_ == DType::F64 ? static_cast<float>(logits.data<double>()[v]) : logits.data<float>()[v];
+  return out;
+}
+
+}  // namespace llm

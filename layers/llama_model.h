@@ -1,0 +1,66 @@
+// The LLaMA causal language model (Hugging Face LlamaForCausalLM semantics):
+// embedding → L blocks → final RMSNorm → output projection → mean next-token
+// cross-entropy. Explicit forward and backward over a per-microbatch context.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/model_config.h"
+#include "layers/rmsnorm.h"
+#include "layers/transformer_block.h"
+
+namespace llm {
+
+// Everything one microbatch's backward needs, kept between forward and backward.
+// Dropping it and re-running forward is activation recomputation.
+struct MicrobatchContext {
+  int64_t batch = 0, seq = 0;
+  Tensor inputs, targets;  // I32 [batch·seq]
+  std::vector<TransformerBlock::Saved> blocks;
+  RMSNorm::Saved final_norm;
+  Tensor normed;  // final norm output [rows, hidden]
+  Tensor logits;  // [rows, vocab]; replaced by its gradient in backward
+  Tensor lse;     // [rows]
+  double loss_sum = 0.0;     // sum of per-token losses
+  int64_t num_targets = 0;   // tokens that count (targets ≠ −1)
+};
+
+class LlamaModel {
+ public:
+  LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu());
+  const ModelConfig& config() const { return cfg_; }
+  ParameterStore& params() { return store_; }
+  const ParameterStore& params() const { return store_; }
+  void initialize(uint64_t seed) { store_.initialize(seed); }
+
+  // windows: `batch` rows of seq+1 token ids; inputs are the first seq, targets the last seq.
+  void set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const;
+  // Computes the per-token losses; returns their sum (also in ctx.loss_sum).
+  double forward(MicrobatchContext& ctx) const;
+  // Accumulates parameter gradients of (dloss · sum of token losses).
+  // dloss = 1 / (tokens in the global batch) gives the gradient of the mean.
+  void backward(MicrobatchContext& ctx, double dloss) const;
+
+  // Generation: feeds `tokens` (positions after the cache) and returns the
+  // logits of the last one [vocab].
+  struct DecodeState {
+    std::vector<Attention::KVCache> caches;
+    int64_t length() const { return caches.empty() ? 0 : caches[0].length; }
+  };
+  DecodeState new_decode_state(int64_t max_len) const;
+  std::vector<float> decode(const std::vector<int32_t>& tokens, DecodeState& state) const;
+
+ private:
+  ModelConfig cfg_;
+  DType dtype_;
+  Device device_;
+  ParameterStore store_;
+  std::unique_ptr<Embedding> embed_;
+  std::vector<std::unique_ptr<TransformerBlock>> blocks_;
+  std::unique_ptr<RMSNorm> final_norm_;
+  std::unique_ptr<Linear> lm_head_;
+};
+
+}  // namespace llm

@@ -1,0 +1,52 @@
+#include "layers/parameters.h"
+
+#include <stdexcept>
+
+#include "core/random.h"
+
+namespace llm {
+
+ParamRef ParameterStore::add(const std::string& name, const Shape& shape, InitRule init, double init_std,
+                             bool weight_decay) {
+  if (values_.defined()) throw std::logic_error("parameter '" + name + "' registered after allocate()");
+  if (index_.count(name)) throw std::logic_error("parameter '" + name + "' registered twice");
+  ParameterInfo p{name, shape, total_, shape_numel(shape), init, init_std, weight_decay};
+  index_[name] = infos_.size();
+  infos_.push_back(p);
+  total_ += p.numel;
+  return {p.offset, shape};
+}
+
+void ParameterStore::allocate() {
+  values_ = Tensor::zeros({total_}, dtype_, MemoryCategory::Parameters, device_);
+  grads_ = Tensor::zeros({total_}, dtype_, MemoryCategory::Gradients, device_);
+}
+
+const ParameterInfo& ParameterStore::info(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) throw std::out_of_range("no parameter named '" + name + "'");
+  return infos_[it->second];
+}
+
+template <class T>
+static void fill(T* dst, const ParameterInfo& p, uint64_t seed) {
+  if (p.init == InitRule::Ones) {
+    for (int64_t i = 0; i < p.numel; ++i) dst[i] = T(1);
+    return;
+  }
+  const uint64_t key = parameter_key(seed, p.name);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.numel; ++i) dst[i] = static_cast<T>(normal_at(key, static_cast<uint64_t>(i)) * p.init_std);
+}
+
+void ParameterStore::initialize(uint64_t seed) {
+  if (!values_.defined()) allocate();
+  if (!values_.device().is_cpu()) throw std::logic_error("initialize: CPU only until the CUDA backend");
+  for (const auto& p : infos_) {
+    if (dtype_ == DType::F32) fill(values_.data<float>() + p.offset, p, seed);
+    else if (dtype_ == DType::F64) fill(values_.data<double>() + p.offset, p, seed);
+    else throw std::logic_error("initialize: parameters must be F32 or F64");
+  }
+}
+
+}  // namespace llm

@@ -1,0 +1,74 @@
+// Parameters and their gradients in two flat, contiguous buffers.
+//
+// Layers register named parameters (Hugging Face names) at construction; the
+// store then allocates one buffer for all values and one for all gradients.
+// Flat buffers make the optimizer one loop, the gradient norm one reduction,
+// and (later) ZeRO a matter of owning a contiguous range. Parameters that
+// are registered one after another are adjacent, so q/k/v (and gate/up) form
+// one fused weight matrix for a single GEMM.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace llm {
+
+enum class InitRule { Normal, Ones };
+
+struct ParameterInfo {
+  std::string name;
+  Shape shape;
+  int64_t offset = 0;  // in elements, into the flat buffers
+  int64_t numel = 0;
+  InitRule init = InitRule::Normal;
+  double init_std = 0.0;
+  bool weight_decay = true;
+};
+
+// A registered parameter's handle: its position in the flat buffers.
+struct ParamRef {
+  int64_t offset = 0;
+  Shape shape;
+};
+
+class ParameterStore {
+ public:
+  ParameterStore(DType dtype, Device device) : dtype_(dtype), device_(device) {}
+
+  ParamRef add(const std::string& name, const Shape& shape, InitRule init, double init_std, bool weight_decay);
+  // Allocates the flat buffers (values and zeroed gradients).
+  void allocate();
+  // Value of element i of parameter p = normal(seed, p.name, i)·std (or 1 for norms),
+  // independent of layout, thread count and registration order.
+  void initialize(uint64_t seed);
+
+  Tensor value(const ParamRef& r) const { return values_.flat_view(r.offset, r.shape); }
+  Tensor grad(const ParamRef& r) const { return grads_.flat_view(r.offset, r.shape); }
+  // Several adjacent parameters as one tensor [rows, cols] (fused projections).
+  Tensor value_span(const ParamRef& first, const Shape& shape) const { return values_.flat_view(first.offset, shape); }
+  Tensor grad_span(const ParamRef& first, const Shape& shape) const { return grads_.flat_view(first.offset, shape); }
+
+  Tensor& values() { return values_; }
+  Tensor& grads() { return grads_; }
+  const Tensor& values() const { return values_; }
+  const Tensor& grads() const { return grads_; }
+  const std::vector<ParameterInfo>& infos() const { return infos_; }
+  const ParameterInfo& info(const std::string& name) const;
+  bool has(const std::string& name) const { return index_.count(name) > 0; }
+  int64_t numel() const { return total_; }
+  DType dtype() const { return dtype_; }
+  void zero_grads() { grads_.zero_(); }
+
+ private:
+  DType dtype_;
+  Device device_;
+  std::vector<ParameterInfo> infos_;
+  std::unordered_map<std::string, size_t> index_;
+  int64_t total_ = 0;
+  Tensor values_, grads_;
+};
+
+}  // namespace llm

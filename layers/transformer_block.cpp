@@ -1,0 +1,53 @@
+#include "layers/transformer_block.h"
+
+namespace llm {
+
+static std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+TransformerBlock::TransformerBlock(ParameterStore& store, int64_t index, const ModelConfig& cfg)
+    : norm1_(store, layer_prefix(index) + "input_layernorm.weight", cfg.hidden_size, cfg.norm_eps),
+      attn_(store, layer_prefix(index) + "self_attn.", cfg),
+      norm2_(store, layer_prefix(index) + "post_attention_layernorm.weight", cfg.hidden_size, cfg.norm_eps),
+      mlp_(store, layer_prefix(index) + "mlp.", cfg) {}
+
+static Tensor like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), MemoryCategory::Activations, t.device()); }
+
+Tensor TransformerBlock::forward(const Tensor& x, int64_t batch, int64_t seq, Saved& saved) const {
+  Tensor n1 = like(x);
+  norm1_.forward(x, n1, saved.norm1);
+  Tensor h = x.clone(MemoryCategory::Activations);  // residual; attention adds into it
+  attn_.forward(n1, batch, seq, h, saved.attn);
+  Tensor n2 = like(h);
+  norm2_.forward(h, n2, saved.norm2);
+  Tensor out = h.clone(MemoryCategory::Activations);
+  mlp_.forward(n2, out, saved.mlp);
+  return out;
+}
+
+Tensor TransformerBlock::backward(const Tensor& dout, const Saved& saved, int64_t batch, int64_t seq) const {
+  // The residual path passes dout through unchanged; each branch adds its part.
+  Tensor dh = dout.clone(MemoryCategory::Activations);
+  Tensor dn2 = Tensor::zeros(dout.shape(), dout.dtype(), MemoryCategory::Activations, dout.device());
+  mlp_.backward(dout, saved.mlp, dn2);
+  norm2_.backward(dn2, saved.norm2, dh);
+  Tensor dn1 = Tensor::zeros(dout.shape(), dout.dtype(), MemoryCategory::Activations, dout.device());
+  attn_.backward(dh, saved.attn, batch, seq, dn1);
+  Tensor dx = dh;  // dh is no longer needed on its own: reuse it as dx
+  norm1_.backward(dn1, saved.norm1, dx);
+  return dx;
+}
+
+Tensor TransformerBlock::decode(const Tensor& x, Attention::KVCache& cache) const {
+  Saved scratch;
+  Tensor n1 = like(x);
+  norm1_.forward(x, n1, scratch.norm1);
+  Tensor h = x.clone(MemoryCategory::Activations);
+  attn_.decode(n1, cache, h);
+  Tensor n2 = like(h);
+  norm2_.forward(h, n2, scratch.norm2);
+  Tensor out = h.clone(MemoryCategory::Activations);
+  mlp_.forward(n2, out, scratch.mlp);
+  return out;
+}
+
+}  // namespace llm

@@ -1,0 +1,42 @@
+// AdamW over the flat parameter buffer (decoupled weight decay, none on norm
+// weights), with the gradient-clipping coefficient folded into the update.
+#pragma once
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+#include "layers/parameters.h"
+
+namespace llm {
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  AdamW(ParameterStore& params, const AdamWConfig& cfg);
+  // One update with learning rate lr; gradients are first multiplied by grad_scale.
+  void step(double lr, double grad_scale);
+  int64_t steps_taken() const { return step_; }
+  void set_steps_taken(int64_t s) { step_ = s; }
+  Tensor& exp_avg() { return exp_avg_; }
+  Tensor& exp_avg_sq() { return exp_avg_sq_; }
+  const Tensor& exp_avg() const { return exp_avg_; }
+  const Tensor& exp_avg_sq() const { return exp_avg_sq_; }
+  const AdamWConfig& config() const { return cfg_; }
+  const ParameterStore& params() const { return params_; }
+
+ private:
+  ParameterStore& params_;
+  AdamWConfig cfg_;
+  Tensor exp_avg_, exp_avg_sq_;
+  int64_t step_ = 0;
+};
+
+// Global L2 norm of all gradients (in double, deterministic).
+double global_grad_norm(const ParameterStore& params);
+// Multiplier that clips the global norm to max_norm (PyTorch's clip_grad_norm_: max/(norm+1e-6), at most 1).
+double clip_coefficient(double grad_norm, double max_norm);
+
+}  // namespace llm
