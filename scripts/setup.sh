@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config
-          libopenmpi-dev openmpi-bin libboost-program-options-dev libopenblas-dev
+          libopenmpi-dev openmpi-bin libboost-program-options-dev libopenblas-openmp-dev
           libsentencepiece-dev sentencepiece nlohmann-json3-dev libxxhash-dev libgtest-dev
           fortunes)
 missing=()

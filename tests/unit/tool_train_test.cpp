@@ -1,0 +1,170 @@
+// End-to-end tests of llm-train (and the tools around it), run as a user would.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <unistd.h>
+
+#include "data/token_file.h"
+#include "tests/support/run_tool.h"
+
+using namespace llm::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// One small corpus for the whole suite: the GPL-3 text, a 512-piece BPE tokenizer.
+class TrainTool : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    const auto r = run_tool(bin("llm-prepare-data") + " --input " + english_text_file() + " --vocab-size 512" +
+                            " --tokenizer-model " + (*dir_ / "tok.model") + " --output-prefix " + (*dir_ / "gpl"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string model_flags() {
+    return " --num-layers 2 --hidden-size 64 --num-attention-heads 4 --num-query-groups 2 --seq-length 32"
+           " --micro-batch-size 4 --global-batch-size 8";
+  }
+  static std::string data_flags() {
+    return " --data-path " + (*dir_ / "gpl") + " --tokenizer-model " + (*dir_ / "tok.model");
+  }
+  static ToolResult train(const std::string& extra) {
+    return run_tool("OMP_NUM_THREADS=1 " + bin("llm-train") + model_flags() + data_flags() + extra);
+  }
+  static TempDir* dir_;
+};
+TempDir* TrainTool::dir_ = nullptr;
+
+std::map<int64_t, nlohmann::json> iterations(const std::string& metrics) {
+  std::map<int64_t, nlohmann::json> out;
+  for (const auto& j : read_jsonl(metrics))
+    if (j.contains("lm_loss")) out[j["iteration"].get<int64_t>()] = j;
+  return out;
+}
+
+}  // namespace
+
+TEST_F(TrainTool, ValidationLossFallsWellBelowUnigramEntropy) {
+  TempDir run;
+  const std::string metrics = run / "m.jsonl";
+  const auto r = train(" --train-iters 200 --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 20 --log-interval 50"
+                       " --eval-interval 100 --eval-iters 8 --valid-fraction 0.1 --metrics-file " + metrics);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // Unigram entropy (nats) of the token distribution: the loss of the best
+  // model that ignores context. A model that learned anything beats it.
+  llm::data::TokenDataset data(*dir_ / "gpl");
+  std::map<int32_t, double> counts;
+  for (int64_t i = 0; i < data.size(); ++i) counts[data.token(i)] += 1;
+  double entropy = 0;
+  for (auto& [tok, c] : counts) entropy -= c / data.size() * std::log(c / data.size());
+
+  double val_loss = NAN;
+  for (const auto& j : read_jsonl(metrics))
+    if (j.contains("val_loss")) val_loss = j["val_loss"];
+  ASSERT_TRUE(std::isfinite(val_loss)) << r.output;
+  EXPECT_LT(val_loss, 0.8 * entropy) << "unigram entropy " << entropy << "\n" << r.output;
+}
+
+TEST_F(TrainTool, ResumedRunEqualsUninterruptedRunBitwise) {
+  TempDir run;
+  const std::string common = " --train-iters 10 --lr 3e-3 --lr-warmup-iters 3 --log-interval 1 --eval-iters 0";
+  auto full = train(common + " --metrics-file " + (run / "full.jsonl"));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  auto first = train(common + " --save " + (run / "ck") + " --save-interval 5 --exit-interval 5 --metrics-file " +
+                     (run / "first.jsonl"));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_TRUE(fs::exists(run / "ck/iter_0000005/manifest.json"));
+  EXPECT_FALSE(fs::exists(run / "ck/iter_0000010")) << "--exit-interval 5 should stop at iteration 5";
+  auto second = train(common + " --load " + (run / "ck") + " --metrics-file " + (run / "second.jsonl"));
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+
+  const auto a = iterations(run / "full.jsonl"), b = iterations(run / "second.jsonl");
+  ASSERT_EQ(a.size(), 10u);
+  ASSERT_EQ(b.size(), 5u) << second.output;
+  for (int64_t it = 6; it <= 10; ++it) {
+    ASSERT_TRUE(b.count(it));
+    // Compared as doubles with ==: bitwise, not within a tolerance.
+    EXPECT_EQ(a.at(it)["lm_loss"].get<double>(), b.at(it)["lm_loss"].get<double>()) << "iteration " << it;
+    EXPECT_EQ(a.at(it)["grad_norm"].get<double>(), b.at(it)["grad_norm"].get<double>()) << "iteration " << it;
+    EXPECT_EQ(a.at(it)["lr"].get<double>(), b.at(it)["lr"].get<double>());
+  }
+  // And the first five iterations of the interrupted run equal the full run's.
+  const auto f = iterations(run / "first.jsonl");
+  for (int64_t it = 1; it <= 5; ++it) EXPECT_EQ(a.at(it)["lm_loss"].get<double>(), f.at(it)["lm_loss"].get<double>());
+}
+
+TEST_F(TrainTool, ExportedModelEvaluatesLikeTheCheckpointAndGenerates) {
+  TempDir run;
+  auto t = train(" --train-iters 4 --log-interval 2 --eval-iters 0 --save " + (run / "ck"));
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  auto ev_ck = run_tool(bin("llm-eval") + " --load " + (run / "ck") + " --data-path " + (*dir_ / "gpl") +
+                        " --eval-samples 12");
+  ASSERT_EQ(ev_ck.exit_code, 0) << ev_ck.output;
+  auto ex = run_tool(bin("llm-export") + " --load " + (run / "ck") + " --output " + (run / "hf"));
+  ASSERT_EQ(ex.exit_code, 0) << ex.output;
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model"}) EXPECT_TRUE(fs::exists(run / ("hf/" + std::string(f))));
+  auto ev_hf = run_tool(bin("llm-eval") + " --load " + (run / "hf") + " --data-path " + (*dir_ / "gpl") +
+                        " --eval-samples 12");
+  ASSERT_EQ(ev_hf.exit_code, 0) << ev_hf.output;
+  const auto jc = nlohmann::json::parse(ev_ck.output), jh = nlohmann::json::parse(ev_hf.output);
+  EXPECT_EQ(jc["val_loss"].get<double>(), jh["val_loss"].get<double>());
+  EXPECT_EQ(jc["tokens"].get<int64_t>(), 12 * 32);
+  auto gen = run_tool(bin("llm-generate") + " --load " + (run / "hf") + " --prompt 'The licence' --max-new-tokens 8");
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  EXPECT_EQ(gen.output.rfind("The licence", 0), 0u) << gen.output;
+  auto bad = run_tool(bin("llm-eval") + " --load " + (run / "hf") + " --data-path " + (*dir_ / "gpl") +
+                      " --eval-samples 100000");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--eval-samples"), std::string::npos) << bad.output;
+}
+
+// ---- bad input: a clear message naming the problem, and a non-zero exit ----
+
+struct BadCase {
+  std::string name, extra, expect;
+};
+
+TEST_F(TrainTool, BadInputGivesClearErrorAndNonZeroExit) {
+  TempDir run;
+  // A truncated copy and a foreign file of the data.
+  fs::copy_file(*dir_ / "gpl.idx", run / "trunc.idx");
+  {
+    std::ifstream in(*dir_ / "gpl.bin", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(run / "trunc.bin", std::ios::binary) << bytes.substr(0, bytes.size() / 2 + 1);
+    std::ofstream(run / "foreign.bin", std::ios::binary) << bytes;
+    std::ofstream(run / "foreign.idx", std::ios::binary) << "this is not an index file at all, just text\n";
+  }
+  std::ofstream(run / "unreadable.cfg") << "num-layers = 2\n";
+  fs::permissions(run / "unreadable.cfg", fs::perms::none);
+  const bool root = ::geteuid() == 0;  // root reads any file: use a missing path then
+  const std::string unreadable = root ? run / "missing.cfg" : run / "unreadable.cfg";
+  const std::string it = " --train-iters 2 --eval-iters 0";
+  const std::vector<BadCase> cases = {
+      {"missing data", it + " --data-path " + (run / "nope") + " --tokenizer-model " + (*dir_ / "tok.model"), "nope"},
+      {"truncated data", it + " --data-path " + (run / "trunc") + " --tokenizer-model " + (*dir_ / "tok.model"), "trunc"},
+      {"foreign data", it + " --data-path " + (run / "foreign") + " --tokenizer-model " + (*dir_ / "tok.model"), "foreign"},
+      {"ids beyond vocab", it + " --data-path " + (*dir_ / "gpl") + " --vocab-size 100", "vocab"},
+      {"heads do not divide hidden", it + data_flags() + " --num-attention-heads 5", "--num-attention-heads"},
+      {"groups do not divide heads", it + data_flags() + " --num-query-groups 3", "--num-query-groups"},
+      {"global batch", it + data_flags() + " --global-batch-size 6", "--global-batch-size"},
+      {"unknown flag", it + data_flags() + " --no-such-flag 3", "no-such-flag"},
+      {"unreadable config", it + data_flags() + " --config " + unreadable, "--config"},
+      {"missing train-iters", data_flags(), "--train-iters"},
+  };
+  for (const auto& c : cases) {
+    // Each case adds the one flag that is wrong to an otherwise valid command line.
+    const std::string base = " --num-layers 2 --hidden-size 64 --seq-length 32 --micro-batch-size 4";
+    const auto r = run_tool("OMP_NUM_THREADS=1 " + bin("llm-train") + base + c.extra);
+    EXPECT_NE(r.exit_code, 0) << c.name << ": " << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.name << ": expected '" << c.expect << "' in:\n" << r.output;
+    EXPECT_NE(r.output.find("error"), std::string::npos) << c.name << ": " << r.output;
+    EXPECT_EQ(r.output.find("Segmentation"), std::string::npos) << c.name;
+  }
+}
