@@ -5,6 +5,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 #include <new>
 #include <stdexcept>
 
@@ -82,13 +84,53 @@ MemoryTracker& memory_tracker(Device d) {
   return *t;
 }
 
+// CPU blocks are cached by rounded size and reused: the same activation shapes
+// recur every micro-batch, and fresh pages would cost a page fault and a
+// zero-fill each time. The counters track live tensors; cached bytes are
+// reported separately.
+namespace {
+struct HostCache {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+  size_t cached_bytes = 0;
+};
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: tensors may outlive static destructors
+  return *c;
+}
+size_t host_block_size(size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+}  // namespace
+
+size_t host_cached_bytes() {
+  std::lock_guard<std::mutex> lock(host_cache().mu);
+  return host_cache().cached_bytes;
+}
+
+void release_host_cache() {
+  HostCache& c = host_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  for (auto& [size, blocks] : c.free_blocks)
+    for (void* p : blocks) std::free(p);
+  c.free_blocks.clear();
+  c.cached_bytes = 0;
+}
+
 void* device_alloc(Device d, size_t bytes, MemoryCategory c) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
   if (d.is_cpu()) {
-    // 64-byte alignment: a cache line, and what AVX-512 loads like.
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    p = std::aligned_alloc(64, rounded);
+    const size_t block = host_block_size(bytes);
+    HostCache& cache = host_cache();
+    {
+      std::lock_guard<std::mutex> lock(cache.mu);
+      auto it = cache.free_blocks.find(block);
+      if (it != cache.free_blocks.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        cache.cached_bytes -= block;
+      }
+    }
+    if (!p) p = std::aligned_alloc(64, block);  // 64: a cache line, and what AVX-512 loads like
     if (!p) throw std::bad_alloc();
   } else {
 #ifdef LLM_WITH_CUDA
@@ -105,7 +147,11 @@ void* device_alloc(Device d, size_t bytes, MemoryCategory c) {
 void device_free(Device d, void* p, size_t bytes, MemoryCategory c) {
   if (!p) return;
   if (d.is_cpu()) {
-    std::free(p);
+    const size_t block = host_block_size(bytes);
+    HostCache& cache = host_cache();
+    std::lock_guard<std::mutex> lock(cache.mu);
+    cache.free_blocks[block].push_back(p);
+    cache.cached_bytes += block;
   } else {
 #ifdef LLM_WITH_CUDA
     cuda::free(d.index, p);

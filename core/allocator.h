@@ -73,6 +73,10 @@ bool available();
 }  // namespace cuda
 #endif
 
+// Host blocks kept for reuse after their tensors died, and a way to return them.
+size_t host_cached_bytes();
+void release_host_cache();
+
 std::string format_bytes(size_t bytes);
 
 }  // namespace llm

@@ -67,7 +67,8 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("save", po::value(&c.save), "checkpoint directory to write")
       ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
       ("save-interval", po::value(&c.save_interval)->default_value(0), "iterations between checkpoints (0: only at the end)")
-      ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this");
+      ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this")
+      ("exit-duration-in-mins", po::value(&c.exit_duration_mins)->default_value(0.0), "stop (after evaluating and saving) once training has run this long");
   po::options_description all("llm-train: train a LLaMA-style model\n\nUsage: llm-train [options]  (or mpirun -n N llm-train ...)");
   all.add(general).add(model).add(data).add(train).add(layout).add(log).add(ckpt);
 
@@ -143,6 +144,7 @@ void validate(TrainConfig& c, int world) {
   need(c.log_interval > 0, "--log-interval must be positive");
   need(c.eval_interval >= 0 && c.eval_iters >= 0, "--eval-interval and --eval-iters must be non-negative");
   need(c.save_interval >= 0 && c.exit_interval >= 0, "--save-interval and --exit-interval must be non-negative");
+  need(c.exit_duration_mins >= 0, "--exit-duration-in-mins must be non-negative");
   need(c.valid_fraction >= 0 && c.valid_fraction < 1, "--valid-fraction must be in [0, 1)");
   need(!c.data_path.empty(), "--data-path is required (a token file prefix from llm-prepare-data)");
   need(c.tokenizer_model.empty() == false || c.model.vocab_size > 0,

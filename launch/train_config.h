@@ -42,6 +42,7 @@ struct TrainConfig {
   // checkpoints
   std::string save, load;
   int64_t save_interval = 0, exit_interval = 0;
+  double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
 
   int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }
   int64_t accumulation_steps(int world) const {

@@ -273,12 +273,21 @@ int Trainer::run() {
                   static_cast<long long>(cfg_.exit_interval));
       return 0;
     }
+    const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+    if (cfg_.exit_duration_mins > 0 && minutes >= cfg_.exit_duration_mins && it != cfg_.train_iters) {
+      std::printf("stopping at iteration %lld of %lld: --exit-duration-in-mins %g reached\n", static_cast<long long>(it),
+                  static_cast<long long>(cfg_.train_iters), cfg_.exit_duration_mins);
+      metrics_.write({{"event", "time_limit"}, {"iteration", it}, {"minutes", minutes}});
+      break;
+    }
   }
   run_evaluation(iteration_);
   if (!cfg_.save.empty() && !saved_last) save(iteration_);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),
               hms(total).c_str(), static_cast<long long>(skipped_));
+  std::printf("memory by category (current and peak bytes of live tensors):\n%s",
+              memory_tracker(Device::cpu()).report().c_str());
   return 0;
 }
 

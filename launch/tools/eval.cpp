@@ -1,5 +1,6 @@
 // llm-eval: validation loss of a checkpoint or HF export over the first K
 // non-overlapping windows of seq-length+1 tokens of a token file. Prints JSON.
+#include "core/cpu/blas_runtime.h"
 #include <cmath>
 #include <cstdio>
 
@@ -12,6 +13,7 @@
 namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
+  llm::ensure_native_blas_kernels(argv);
   return llm::cli::run("llm-eval", [&] {
     std::string load, data_path;
     int64_t samples = 0, micro = 8, seq = 0;

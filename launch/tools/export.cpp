@@ -1,4 +1,5 @@
 // llm-export: write a checkpoint as a Hugging Face LlamaForCausalLM directory.
+#include "core/cpu/blas_runtime.h"
 #include <cstdio>
 
 #include "checkpoint/checkpoint.h"
@@ -8,6 +9,7 @@
 namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
+  llm::ensure_native_blas_kernels(argv);
   return llm::cli::run("llm-export", [&] {
     std::string load, output, dtype_name = "float32";
     po::options_description opts("llm-export: checkpoint -> Hugging Face format\n\nUsage: llm-export --load CKPT --output DIR");

@@ -1,5 +1,6 @@
 // llm-generate: continue a prompt with a trained model (KV cache; greedy,
 // temperature, top-k and top-p sampling).
+#include "core/cpu/blas_runtime.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -52,6 +53,7 @@ int32_t pick(const std::vector<float>& logits, const SamplingOptions& o, uint64_
 }  // namespace
 
 int main(int argc, char** argv) {
+  llm::ensure_native_blas_kernels(argv);
   return llm::cli::run("llm-generate", [&] {
     std::string load, prompt, tokenizer_model;
     int64_t max_new = 100;

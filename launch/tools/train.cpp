@@ -1,4 +1,5 @@
 // llm-train: pretrain a LLaMA-style model. See --help and the README.
+#include "core/cpu/blas_runtime.h"
 #include <cstdio>
 #include <exception>
 
@@ -8,6 +9,7 @@
 #include "parallel/mpi_env.h"
 
 int main(int argc, char** argv) {
+  llm::ensure_native_blas_kernels(argv);
   llm::MpiEnv env(&argc, &argv);
   llm::TrainConfig cfg;
   try {

@@ -17,12 +17,12 @@ namespace llm::test {
 
 struct ToolResult {
   int exit_code = -1;
-  std::string output;  // stdout and stderr together
+  std::string output;  // stdout, and stderr too unless stdout_only
 };
 
-inline ToolResult run_tool(const std::string& cmd) {
+inline ToolResult run_tool(const std::string& cmd, bool stdout_only = false) {
   ToolResult r;
-  std::FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::FILE* p = popen((cmd + (stdout_only ? " 2>/dev/null" : " 2>&1")).c_str(), "r");
   if (!p) return r;
   std::array<char, 4096> buf;
   size_t n;

@@ -104,18 +104,19 @@ TEST_F(TrainTool, ExportedModelEvaluatesLikeTheCheckpointAndGenerates) {
   auto t = train(" --train-iters 4 --log-interval 2 --eval-iters 0 --save " + (run / "ck"));
   ASSERT_EQ(t.exit_code, 0) << t.output;
   auto ev_ck = run_tool(bin("llm-eval") + " --load " + (run / "ck") + " --data-path " + (*dir_ / "gpl") +
-                        " --eval-samples 12");
+                        " --eval-samples 12", /*stdout_only=*/true);
   ASSERT_EQ(ev_ck.exit_code, 0) << ev_ck.output;
   auto ex = run_tool(bin("llm-export") + " --load " + (run / "ck") + " --output " + (run / "hf"));
   ASSERT_EQ(ex.exit_code, 0) << ex.output;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.model"}) EXPECT_TRUE(fs::exists(run / ("hf/" + std::string(f))));
   auto ev_hf = run_tool(bin("llm-eval") + " --load " + (run / "hf") + " --data-path " + (*dir_ / "gpl") +
-                        " --eval-samples 12");
+                        " --eval-samples 12", /*stdout_only=*/true);
   ASSERT_EQ(ev_hf.exit_code, 0) << ev_hf.output;
   const auto jc = nlohmann::json::parse(ev_ck.output), jh = nlohmann::json::parse(ev_hf.output);
   EXPECT_EQ(jc["val_loss"].get<double>(), jh["val_loss"].get<double>());
   EXPECT_EQ(jc["tokens"].get<int64_t>(), 12 * 32);
-  auto gen = run_tool(bin("llm-generate") + " --load " + (run / "hf") + " --prompt 'The licence' --max-new-tokens 8");
+  auto gen = run_tool(bin("llm-generate") + " --load " + (run / "hf") + " --prompt 'The licence' --max-new-tokens 8",
+                      /*stdout_only=*/true);
   ASSERT_EQ(gen.exit_code, 0) << gen.output;
   EXPECT_EQ(gen.output.rfind("The licence", 0), 0u) << gen.output;
   auto bad = run_tool(bin("llm-eval") + " --load " + (run / "hf") + " --data-path " + (*dir_ / "gpl") +
