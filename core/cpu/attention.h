@@ -20,14 +20,15 @@
 //
 // Block products (64×64×D) use small register-blocked kernels written with
 // GCC/Clang vector extensions (64-byte vectors: one AVX-512 register; the
-// compiler splits them on narrower ISAs). Measured against calling
-// llm::cpu::gemm per block, they were about 15% faster overall with OpenBLAS's
-// SkylakeX kernels, and 4-5× faster with the Prescott kernels that
-// OpenBLAS's DYNAMIC_ARCH picks on this machine unless OPENBLAS_CORETYPE is
-// set. K and V are repacked per unit (Kᵀ into 64-key panels, V rows
-// contiguous): rows of a fused QKV buffer are often a multiple of 4 KiB apart
-// and would thrash L1 sets. The float exp is a vectorised Cody-Waite + Cephes
-// polynomial (about 1 ulp); double uses std::exp.
+// compiler splits them on narrower ISAs). Against llm::cpu::gemm per block
+// they measured as fast (D=64) or ~5% faster (D=32) with OpenBLAS's SkylakeX
+// kernels, and 4-5× faster with the Prescott kernels that OpenBLAS's
+// DYNAMIC_ARCH picks on the development VM unless OPENBLAS_CORETYPE is set;
+// they also skip the masked half of diagonal blocks. K and V are repacked
+// per unit (Kᵀ into 64-key panels, V rows contiguous): rows of a fused QKV
+// buffer are often a multiple of 4 KiB apart and would thrash L1 sets. The
+// float exp is a vectorised Cody-Waite + Cephes polynomial (about 1 ulp);
+// double uses std::exp.
 #pragma once
 
 #include <algorithm>
