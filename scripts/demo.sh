@@ -10,24 +10,30 @@ scripts/setup.sh
 RUN=runs/demo
 DATA=$RUN/data
 mkdir -p "$DATA"
-if [ ! -f "$DATA/fortunes.idx" ]; then
-  echo "[demo] preparing the corpus (/usr/share/games/fortunes, BSD licence) with a 4096-piece BPE tokenizer"
-  build/bin/llm-prepare-data --input /usr/share/games/fortunes --document-separator % \
-      --tokenizer-model "$DATA/fortunes.model" --vocab-size 4096 --output-prefix "$DATA/fortunes"
+FORTUNES=/usr/share/games/fortunes
+if [ ! -f "$DATA/valid.idx" ]; then
+  echo "[demo] preparing the corpus ($FORTUNES, BSD licence) with a 4096-piece BPE tokenizer;"
+  echo "[demo] the 'wisdom' file is held out for validation"
+  build/bin/llm-prepare-data --input "$FORTUNES" --exclude wisdom --document-separator % \
+      --tokenizer-model "$DATA/fortunes.model" --vocab-size 4096 --output-prefix "$DATA/train"
+  build/bin/llm-prepare-data --input "$FORTUNES/wisdom" --document-separator % \
+      --tokenizer-model "$DATA/fortunes.model" --output-prefix "$DATA/valid"
 fi
 
-MPI_FLAGS=(-n 1)
+# --bind-to none: mpirun pins each rank to one core by default, which would
+# leave the rank's OpenMP threads sharing that core.
+MPI_FLAGS=(-n 1 --bind-to none)
 [ "$(id -u)" -eq 0 ] && MPI_FLAGS+=(--allow-run-as-root)
 THREADS=$(nproc)
 rm -rf "$RUN/checkpoints" "$RUN/metrics.jsonl"
 echo "[demo] training (mpirun ${MPI_FLAGS[*]}, $THREADS threads); metrics go to $RUN/metrics.jsonl"
 mpirun "${MPI_FLAGS[@]}" -x OMP_NUM_THREADS="$THREADS" \
   build/bin/llm-train --config examples/demo.cfg \
-    --data-path "$DATA/fortunes" --tokenizer-model "$DATA/fortunes.model" \
+    --data-path "$DATA/train" --valid-data-path "$DATA/valid" --tokenizer-model "$DATA/fortunes.model" \
     --save "$RUN/checkpoints" --metrics-file "$RUN/metrics.jsonl" --exit-duration-in-mins 4.5
 
-echo "[demo] evaluating the checkpoint on the held-out end of the corpus"
-OMP_NUM_THREADS="$THREADS" build/bin/llm-eval --load "$RUN/checkpoints" --data-path "$DATA/fortunes" --eval-samples 64
+echo "[demo] evaluating the checkpoint on the held-out fortunes (llm-eval, first 128 windows)"
+OMP_NUM_THREADS="$THREADS" build/bin/llm-eval --load "$RUN/checkpoints" --data-path "$DATA/valid" --eval-samples 128
 
 echo "[demo] sampling from the model"
 for prompt in "The secret of life is" "A computer is" "Love is"; do

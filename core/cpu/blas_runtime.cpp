@@ -19,7 +19,7 @@ static const char* best_core_for_this_cpu() {
   return nullptr;
 }
 
-void ensure_native_blas_kernels(char** argv) {
+void ensure_native_blas_kernels(char** argv, bool announce) {
   if (std::getenv("OPENBLAS_CORETYPE")) return;  // the user's choice stands
   const char* current = openblas_get_corename();
   const bool generic = current && (std::strcmp(current, "Prescott") == 0 || std::strcmp(current, "Core2") == 0 ||
@@ -31,7 +31,8 @@ void ensure_native_blas_kernels(char** argv) {
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return;
   self[n] = '\0';
-  std::fprintf(stderr, "note: OpenBLAS chose its generic '%s' kernels on this CPU; restarting with "
+  if (announce)
+    std::fprintf(stderr, "note: OpenBLAS chose its generic '%s' kernels on this CPU; restarting with "
                        "OPENBLAS_CORETYPE=%s (set OPENBLAS_CORETYPE yourself to override)\n", current, best);
   execv(self, argv);
   unsetenv("OPENBLAS_CORETYPE");  // exec failed: carry on with the generic kernels

@@ -6,13 +6,13 @@
 // 25 vs 100 GFLOP/s on one core). When that happens and the user has not set
 // OPENBLAS_CORETYPE, this sets it from the CPU's own feature flags and
 // re-executes the program, before MPI or any thread starts. It prints one
-// line saying so; OPENBLAS_CORETYPE set by the user is always respected.
+// line saying so when `announce`; OPENBLAS_CORETYPE set by the user is always respected.
 #pragma once
 
 namespace llm {
 
 // Call first thing in main(). Returns normally when nothing needs to change.
-void ensure_native_blas_kernels(char** argv);
+void ensure_native_blas_kernels(char** argv, bool announce = false);
 
 // The kernel family OpenBLAS is using ("SkylakeX", "Haswell", ...).
 const char* blas_core_name();

@@ -1,5 +1,8 @@
 // llm-train: pretrain a LLaMA-style model. See --help and the README.
 #include "core/cpu/blas_runtime.h"
+#include <omp.h>
+#include <sched.h>
+
 #include <cstdio>
 #include <exception>
 
@@ -9,7 +12,7 @@
 #include "parallel/mpi_env.h"
 
 int main(int argc, char** argv) {
-  llm::ensure_native_blas_kernels(argv);
+  llm::ensure_native_blas_kernels(argv, /*announce=*/true);
   llm::MpiEnv env(&argc, &argv);
   llm::TrainConfig cfg;
   try {
@@ -30,6 +33,11 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     env.fail("llm-train", e.what(), 2);
   }
+  // mpirun binds each rank to one core by default; OpenMP threads would then share it.
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < omp_get_max_threads())
+    std::fprintf(stderr, "warning: %d OpenMP threads but this process may run on only %d core(s); with mpirun use "
+                 "--bind-to none or --map-by slot:PE=<threads per rank>\n", omp_get_max_threads(), CPU_COUNT(&cpus));
   try {
     llm::Trainer trainer(cfg);
     return trainer.run();
