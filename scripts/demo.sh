@@ -14,7 +14,7 @@ FORTUNES=/usr/share/games/fortunes
 if [ ! -f "$DATA/valid.idx" ]; then
   echo "[demo] preparing the corpus ($FORTUNES, BSD licence) with a 4096-piece BPE tokenizer;"
   echo "[demo] the 'wisdom' file is held out for validation"
-  build/bin/llm-prepare-data --input "$FORTUNES" --exclude wisdom --document-separator % \
+  build/bin/llm-prepare-data --input "$FORTUNES" --exclude 'wisdom*' --document-separator % \
       --tokenizer-model "$DATA/fortunes.model" --vocab-size 4096 --output-prefix "$DATA/train"
   build/bin/llm-prepare-data --input "$FORTUNES/wisdom" --document-separator % \
       --tokenizer-model "$DATA/fortunes.model" --output-prefix "$DATA/valid"

@@ -169,3 +169,15 @@ TEST_F(TrainTool, BadInputGivesClearErrorAndNonZeroExit) {
     EXPECT_EQ(r.output.find("Segmentation"), std::string::npos) << c.name;
   }
 }
+
+TEST_F(TrainTool, AnErrorOnOneRankEndsTheWholeJob) {
+  // Until the parallelism issue, two ranks are refused: every rank must exit
+  // non-zero with the message, and none may hang (the timeout would show it).
+  const std::string root = ::geteuid() == 0 ? " --allow-run-as-root" : "";
+  const auto r = run_tool("timeout 120 mpiexec --oversubscribe" + root + " -n 2 -x OMP_NUM_THREADS=1 " +
+                          bin("llm-train") + model_flags() + data_flags() + " --train-iters 2");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.exit_code, 124) << "the job hung until the timeout:\n" << r.output;
+  EXPECT_NE(r.output.find("mpirun -n 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank 0]"), std::string::npos) << "errors carry the rank:\n" << r.output;
+}
