@@ -12,19 +12,6 @@
 
 namespace llm {
 
-const char* safetensors_dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::I32: return "I32";
-  }
-  return "?";
-}
-
-DType safetensors_dtype_from_name(const std::string& s) { return dtype_from_name(s); }
-
 void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
   if (!t.device().is_cpu()) throw std::logic_error("SafetensorsWriter: copy '" + name + "' to the host first");
   add_raw(name, t.dtype(), t.shape(), t.raw(), t.nbytes());
@@ -48,7 +35,7 @@ uint64_t SafetensorsWriter::write(const std::string& path) const {
   nlohmann::json header = nlohmann::json::object();
   uint64_t offset = 0;
   for (const auto& it : items_) {
-    header[it.name] = {{"dtype", safetensors_dtype_name(it.dtype)},
+    header[it.name] = {{"dtype", dtype_name(it.dtype)},
                        {"shape", it.shape},
                        {"data_offsets", {offset, offset + it.bytes.size()}}};
     offset += it.bytes.size();
@@ -112,7 +99,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     }
     try {
       SafetensorsEntry e;
-      e.dtype = safetensors_dtype_from_name(v.at("dtype").get<std::string>());
+      e.dtype = dtype_from_name(v.at("dtype").get<std::string>());
       e.shape = v.at("shape").get<Shape>();
       auto offs = v.at("data_offsets");
       e.begin = offs.at(0).get<uint64_t>();

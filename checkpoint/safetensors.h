@@ -58,8 +58,7 @@ class SafetensorsReader {
   std::map<std::string, std::string> metadata_;
 };
 
-const char* safetensors_dtype_name(DType t);  // "F32", "BF16", ...
-DType safetensors_dtype_from_name(const std::string& s);
+// Dtype names are safetensors' own ("F32", "BF16", ...): core/dtype.h dtype_name().
 
 uint64_t xxhash64_file(const std::string& path);
 // Writes `data` to path atomically: a temporary file, fsync, rename.
