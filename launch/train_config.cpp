@@ -1,6 +1,7 @@
 #include "launch/train_config.h"
 
 #include <boost/program_options.hpp>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -147,6 +148,12 @@ void validate(TrainConfig& c, int world) {
   need(c.exit_duration_mins >= 0, "--exit-duration-in-mins must be non-negative");
   need(c.valid_fraction >= 0 && c.valid_fraction < 1, "--valid-fraction must be in [0, 1)");
   need(!c.data_path.empty(), "--data-path is required (a token file prefix from llm-prepare-data)");
+  // Cheap existence checks here; contents are verified when the files are opened.
+  for (const auto& [flag, prefix] : {std::pair{"--data-path", c.data_path}, std::pair{"--valid-data-path", c.valid_data_path}})
+    need(prefix.empty() || std::filesystem::exists(prefix + ".bin"),
+         std::string(flag) + " " + prefix + ": " + prefix + ".bin does not exist (write it with llm-prepare-data --output-prefix " +
+             prefix + ")");
+  need(c.load.empty() || std::filesystem::exists(c.load), "--load " + c.load + ": no such checkpoint directory");
   need(c.tokenizer_model.empty() == false || c.model.vocab_size > 0,
        "give --tokenizer-model (preferred) or --vocab-size so the embedding size is known");
   try {
