@@ -108,11 +108,17 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
   // The manifest is written last: a directory without one is incomplete.
   write_file_atomic((tmp_dir / "manifest.json").string(), manifest.dump(1));
   fsync_path(tmp_dir.string());
-  fs::remove_all(final_dir);
+  // Saving an iteration that already exists (a run resumed from an older
+  // checkpoint): move the old copy aside first, so `latest` never names a
+  // directory that is missing, whatever moment a crash hits.
+  const fs::path old_dir = fs::path(root) / (name + ".old");
+  fs::remove_all(old_dir);
+  if (fs::exists(final_dir)) fs::rename(final_dir, old_dir);
   fs::rename(tmp_dir, final_dir);
   fsync_path(root);
   write_file_atomic((fs::path(root) / "latest").string(), name + "\n");
   fsync_path(root);
+  fs::remove_all(old_dir);
   return final_dir.string();
 }
 
@@ -153,50 +159,87 @@ CheckpointOnDisk open_checkpoint(const std::string& path) {
   } catch (const std::runtime_error& e) {
     throw std::runtime_error("'" + mpath + "': " + e.what());
   }
-  for (auto& [fname, info] : ck.manifest.at("files").items()) {
-    if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
-      throw std::runtime_error("'" + mpath + "' names a file outside the checkpoint: '" + fname + "'");
-    const fs::path f = dir / fname;
-    if (!fs::exists(f)) throw std::runtime_error("checkpoint file '" + f.string() + "' is missing");
-    const uint64_t want_bytes = info.at("bytes");
-    if (fs::file_size(f) != want_bytes)
-      throw std::runtime_error("checkpoint file '" + f.string() + "' has " + std::to_string(fs::file_size(f)) +
-                               " bytes, the manifest says " + std::to_string(want_bytes) + " (truncated or replaced)");
-    if (xxhash64_file(f.string()) != info.at("xxh64").get<uint64_t>())
-      throw std::runtime_error("checkpoint file '" + f.string() + "' fails its xxHash64 checksum (corrupted)");
+  try {
+    for (auto& [fname, info] : ck.manifest.at("files").items()) {
+      if (fname.empty() || fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
+        throw std::runtime_error("names a file outside the checkpoint: '" + fname + "'");
+      const fs::path f = dir / fname;
+      if (!fs::exists(f)) throw std::runtime_error("checkpoint file '" + f.string() + "' is missing");
+      const uint64_t want_bytes = info.at("bytes").get<uint64_t>();
+      if (fs::file_size(f) != want_bytes)
+        throw std::runtime_error("checkpoint file '" + f.string() + "' has " + std::to_string(fs::file_size(f)) +
+                                 " bytes, the manifest says " + std::to_string(want_bytes) + " (truncated or replaced)");
+      if (xxhash64_file(f.string()) != info.at("xxh64").get<uint64_t>())
+        throw std::runtime_error("checkpoint file '" + f.string() + "' fails its xxHash64 checksum (corrupted)");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + mpath + "': invalid 'files' entry: " + e.what());
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("'" + mpath + "': " + e.what());
   }
   return ck;
 }
 
 // Fills `flat` (a flat buffer laid out like the model's parameters) from the
 // manifest entries of one kind.
+// Reads a JSON integer, refusing floats and other types (a float would convert with UB).
+static int64_t json_int(const nlohmann::json& j, const char* key) {
+  const auto& v = j.at(key);
+  if (!v.is_number_integer()) throw std::runtime_error(std::string("'") + key + "' must be an integer");
+  return v.get<int64_t>();
+}
+
+// Fills `flat` (a flat buffer laid out like the model's parameters) from the
+// manifest entries of one kind. Every slice must come from a file the manifest
+// lists (and so was checksummed), and the slices of a tensor must cover each
+// of its elements exactly once.
 static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, const std::string& kind, Tensor& flat) {
+  const std::string mpath = (fs::path(ck.dir) / "manifest.json").string();
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;
   std::map<std::string, const nlohmann::json*> by_name;
-  for (const auto& t : ck.manifest.at("tensors"))
-    if (t.at("kind") == kind) by_name[t.at("name").get<std::string>()] = &t;
-  for (const auto& p : ps.infos()) {
-    auto it = by_name.find(p.name);
-    if (it == by_name.end())
-      throw std::runtime_error("checkpoint " + ck.dir + " has no " + kind + " for '" + p.name +
-                               "': it was saved from a different model");
-    const auto& t = *it->second;
-    if (t.at("shape").get<Shape>() != p.shape)
-      throw std::runtime_error("checkpoint " + ck.dir + ": '" + p.name + "' has shape " +
-                               shape_str(t.at("shape").get<Shape>()) + ", the model expects " + shape_str(p.shape));
-    for (const auto& s : t.at("slices")) {
-      const std::string file = s.at("file");
-      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-        throw std::runtime_error("checkpoint manifest names a file outside the checkpoint: '" + file + "'");
-      auto& r = readers[file];
-      if (!r) r = std::make_unique<SafetensorsReader>((fs::path(ck.dir) / file).string());
-      const int64_t begin = s.at("begin"), end = s.at("end");
-      if (begin < 0 || end > p.numel || begin > end)
-        throw std::runtime_error("checkpoint manifest: slice [" + std::to_string(begin) + ", " + std::to_string(end) +
-                                 ") of '" + p.name + "' lies outside its " + std::to_string(p.numel) + " elements");
-      Tensor dst = flat.flat_view(p.offset + begin, {end - begin});
-      r->read_into(s.at("key").get<std::string>(), dst);
+  try {
+    for (const auto& t : ck.manifest.at("tensors"))
+      if (t.at("kind") == kind) by_name[t.at("name").get<std::string>()] = &t;
+    const auto& files = ck.manifest.at("files");
+    for (const auto& p : ps.infos()) {
+      auto it = by_name.find(p.name);
+      if (it == by_name.end())
+        throw std::runtime_error("has no " + kind + " for '" + p.name + "': it was saved from a different model");
+      const auto& t = *it->second;
+      if (t.at("shape").get<Shape>() != p.shape)
+        throw std::runtime_error("'" + p.name + "' has shape " + shape_str(t.at("shape").get<Shape>()) +
+                                 ", the model expects " + shape_str(p.shape));
+      std::vector<std::pair<int64_t, int64_t>> ranges;
+      for (const auto& s : t.at("slices")) {
+        const std::string file = s.at("file");
+        if (!files.contains(file))
+          throw std::runtime_error("slice of '" + p.name + "' names file '" + file + "', which 'files' does not list");
+        const int64_t begin = json_int(s, "begin"), end = json_int(s, "end");
+        if (begin < 0 || end > p.numel || begin > end)
+          throw std::runtime_error("slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") of '" + p.name +
+                                   "' lies outside its " + std::to_string(p.numel) + " elements");
+        ranges.emplace_back(begin, end);
+        auto& r = readers[file];
+        if (!r) r = std::make_unique<SafetensorsReader>((fs::path(ck.dir) / file).string());
+        Tensor dst = flat.flat_view(p.offset + begin, {end - begin});
+        r->read_into(s.at("key").get<std::string>(), dst);
+      }
+      std::sort(ranges.begin(), ranges.end());
+      int64_t covered = 0;
+      for (const auto& [b, e] : ranges) {
+        if (b != covered)
+          throw std::runtime_error("the slices of '" + p.name + "' " + (b < covered ? "overlap" : "leave a gap") +
+                                   " at element " + std::to_string(std::min(b, covered)));
+        covered = e;
+      }
+      if (covered != p.numel)
+        throw std::runtime_error("the slices of '" + p.name + "' cover " + std::to_string(covered) + " of its " +
+                                 std::to_string(p.numel) + " elements");
     }
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + mpath + "': invalid tensor entry: " + e.what());
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("checkpoint '" + mpath + "': " + e.what());
   }
 }
 
@@ -208,20 +251,13 @@ void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt) {
   if (ck.manifest.at("optimizer").is_null())
     throw std::runtime_error("checkpoint " + ck.dir + " holds no optimizer state (it cannot resume training)");
   // The optimizer's flat buffers are laid out like the parameters.
-  opt.set_steps_taken(ck.manifest.at("optimizer").at("steps"));
+  const auto& steps = ck.manifest.at("optimizer").at("steps");
+  if (!steps.is_number_integer() || steps.get<int64_t>() < 0 || steps.get<int64_t>() > ck.state.iteration)
+    throw std::runtime_error("checkpoint " + ck.dir + ": optimizer step count " + steps.dump() +
+                             " is not between 0 and the iteration " + std::to_string(ck.state.iteration));
+  opt.set_steps_taken(steps.get<int64_t>());
   load_kind(ck, opt.params(), "exp_avg", opt.exp_avg());
   load_kind(ck, opt.params(), "exp_avg_sq", opt.exp_avg_sq());
-}
-
-void prune_checkpoints(const std::string& root, int keep) {
-  if (keep <= 0 || !fs::exists(root)) return;
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  for (size_t i = 0; i + keep < names.size(); ++i) fs::remove_all(fs::path(root) / names[i]);
 }
 
 }  // namespace llm

@@ -62,7 +62,4 @@ CheckpointOnDisk open_checkpoint(const std::string& path);
 void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model);
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt);
 
-// Keeps the newest `keep` iteration directories under root (0 keeps all).
-void prune_checkpoints(const std::string& root, int keep);
-
 }  // namespace llm

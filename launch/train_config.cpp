@@ -67,6 +67,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
   ckpt.add_options()
       ("save", po::value(&c.save), "checkpoint directory to write")
       ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
+      ("override-opt_param-scheduler", po::bool_switch(&c.override_opt_param_scheduler), "on --load, use the flags' learning-rate schedule, AdamW settings, global batch and clipping instead of refusing when they differ from the checkpoint's")
       ("save-interval", po::value(&c.save_interval)->default_value(0), "iterations between checkpoints (0: only at the end)")
       ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this")
       ("exit-duration-in-mins", po::value(&c.exit_duration_mins)->default_value(0.0), "stop (after evaluating and saving) once training has run this long");

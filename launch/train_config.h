@@ -41,6 +41,7 @@ struct TrainConfig {
   double peak_tflops = 0.0;  // per process; 0: MFU not printed
   // checkpoints
   std::string save, load;
+  bool override_opt_param_scheduler = false;  // on --load, the flags' schedule/optimizer settings win
   int64_t save_interval = 0, exit_interval = 0;
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
 

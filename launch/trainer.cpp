@@ -92,6 +92,10 @@ Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file)
     iteration_ = ck.state.iteration;
     consumed_samples_ = ck.state.consumed_samples;
     skipped_ = ck.state.skipped_iterations;
+    interval_loss_ = ck.state.extra.value("interval_loss_sum", 0.0);
+    interval_iters_ = ck.state.extra.value("interval_iters", int64_t{0});
+    interval_skipped_ = ck.state.extra.value("interval_skipped", int64_t{0});
+    check_resume_settings(ck.state.scheduler, ck.manifest.at("optimizer"), ck.manifest.value("args", nlohmann::json()));
     if (!ck.state.sampler.is_null()) sampler_->check_resume(ck.state.sampler.get<data::SamplerState>());
     std::printf("loaded checkpoint %s at iteration %lld (%lld samples consumed)\n", ck.dir.c_str(),
                 static_cast<long long>(iteration_), static_cast<long long>(consumed_samples_));
@@ -113,6 +117,36 @@ Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file)
               static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
               static_cast<long long>(cfg_.accumulation_steps(1)));
   std::fflush(stdout);
+}
+
+// A resumed run must continue the same optimisation: the schedule, AdamW's
+// settings, the global batch and clipping come from the checkpoint unless
+// --override-opt-param-scheduler says the flags win (Megatron's rule).
+void Trainer::check_resume_settings(const nlohmann::json& sched, const nlohmann::json& opt,
+                                    const nlohmann::json& args) const {
+  std::vector<std::string> diffs;
+  auto cmp = [&](const char* flag, const nlohmann::json& saved, const nlohmann::json& now) {
+    if (!saved.is_null() && saved != now) diffs.push_back(std::string(flag) + " " + now.dump() + " (checkpoint: " + saved.dump() + ")");
+  };
+  cmp("--lr", sched.value("max_lr", nlohmann::json()), cfg_.lr.max_lr);
+  cmp("--min-lr", sched.value("min_lr", nlohmann::json()), cfg_.lr.min_lr);
+  cmp("--lr-warmup-iters", sched.value("warmup_iters", nlohmann::json()), cfg_.lr.warmup_iters);
+  cmp("--lr-decay-iters", sched.value("decay_iters", nlohmann::json()), cfg_.lr.decay_iters);
+  cmp("--lr-decay-style", sched.value("style", nlohmann::json()), lr_decay_style_name(cfg_.lr.style));
+  cmp("--adam-beta1", opt.value("beta1", nlohmann::json()), cfg_.adam.beta1);
+  cmp("--adam-beta2", opt.value("beta2", nlohmann::json()), cfg_.adam.beta2);
+  cmp("--adam-eps", opt.value("eps", nlohmann::json()), cfg_.adam.eps);
+  cmp("--weight-decay", opt.value("weight_decay", nlohmann::json()), cfg_.adam.weight_decay);
+  cmp("--global-batch-size", args.value("global_batch_size", nlohmann::json()), cfg_.global_batch_size);
+  cmp("--clip-grad", args.value("clip_grad", nlohmann::json()), cfg_.clip_grad);
+  if (diffs.empty()) return;
+  std::string list;
+  for (const auto& d : diffs) list += "\n  " + d;
+  if (!cfg_.override_opt_param_scheduler)
+    throw std::runtime_error("--load " + cfg_.load + ": these settings differ from the checkpoint's:" + list +
+                             "\nuse the saved values, or pass --override-opt_param-scheduler to train on with the new ones");
+  std::printf("note: --override-opt_param-scheduler: continuing with settings that differ from the checkpoint's:%s\n",
+              list.c_str());
 }
 
 Trainer::StepResult Trainer::train_step(int64_t iteration) {
@@ -183,6 +217,8 @@ void Trainer::save(int64_t iteration) {
   c.state.sampler = sampler_->state(consumed_samples_);
   c.state.scheduler = {{"max_lr", cfg_.lr.max_lr}, {"min_lr", cfg_.lr.min_lr}, {"warmup_iters", cfg_.lr.warmup_iters},
                        {"decay_iters", cfg_.lr.decay_iters}, {"style", lr_decay_style_name(cfg_.lr.style)}};
+  c.state.extra = {{"interval_loss_sum", interval_loss_}, {"interval_iters", interval_iters_},
+                   {"interval_skipped", interval_skipped_}};
   c.layout = {{"tensor_parallel", 1}, {"pipeline_parallel", 1}, {"data_parallel", 1}, {"zero_stage", 0},
               {"dtype", "F32"}};
   c.args = args_json();
@@ -200,8 +236,6 @@ int Trainer::run() {
   const double flops_per_iter = m.flops_per_token() * static_cast<double>(cfg_.global_batch_size * m.seq_length);
   const auto start = std::chrono::steady_clock::now();
   auto last = start;
-  double interval_loss = 0.0;
-  int64_t interval_iters = 0, interval_skipped = 0;
   double last_grad_norm = 0.0;
   const int64_t first_iter = iteration_ + 1;
   if (iteration_ >= cfg_.train_iters) {
@@ -210,30 +244,31 @@ int Trainer::run() {
     return 0;
   }
   bool saved_last = false;
+  int64_t timed_iters = 0;  // iterations since the last log line in this process (for ms/iteration)
   while (iteration_ < cfg_.train_iters) {
     const int64_t it = iteration_ + 1;
     const StepResult r = train_step(it);
     iteration_ = it;
+    ++timed_iters;
     saved_last = false;
     if (r.skipped) {
       ++skipped_;
-      ++interval_skipped;
+      ++interval_skipped_;
       std::printf("iteration %lld skipped: non-finite loss %g or grad norm %g\n", static_cast<long long>(it), r.loss,
                   r.grad_norm);
       metrics_.write({{"event", "skipped_step"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}});
     } else {
-      interval_loss += r.loss;
-      ++interval_iters;
+      interval_loss_ += r.loss;
+      ++interval_iters_;
     }
     last_grad_norm = r.grad_norm;
     if (it % cfg_.log_interval == 0 || it == cfg_.train_iters) {
       const auto now = std::chrono::steady_clock::now();
       const double secs = std::chrono::duration<double>(now - last).count();
-      const int64_t iters_in_interval = interval_iters + interval_skipped;
-      const double ms_per_iter = 1000.0 * secs / static_cast<double>(std::max<int64_t>(1, iters_in_interval));
+      const double ms_per_iter = 1000.0 * secs / static_cast<double>(std::max<int64_t>(1, timed_iters));
       const double tokens_per_sec = static_cast<double>(cfg_.global_batch_size * m.seq_length) * 1000.0 / ms_per_iter;
       const double tflops = flops_per_iter / (ms_per_iter / 1000.0) / 1e12;
-      const double loss = interval_iters ? interval_loss / static_cast<double>(interval_iters) : NAN;
+      const double loss = interval_iters_ ? interval_loss_ / static_cast<double>(interval_iters_) : NAN;
       const double elapsed = std::chrono::duration<double>(now - start).count();
       const double eta = elapsed / static_cast<double>(it - first_iter + 1) * static_cast<double>(cfg_.train_iters - it);
       char mfu[48] = "";
@@ -244,7 +279,7 @@ int Trainer::run() {
                   now_str().c_str(), static_cast<long long>(it), static_cast<long long>(cfg_.train_iters),
                   static_cast<long long>(consumed_samples_), ms_per_iter, r.lr,
                   static_cast<long long>(cfg_.global_batch_size), loss, last_grad_norm, tokens_per_sec, tflops, mfu,
-                  static_cast<long long>(interval_skipped), 100.0 * static_cast<double>(it) / cfg_.train_iters,
+                  static_cast<long long>(interval_skipped_), 100.0 * static_cast<double>(it) / cfg_.train_iters,
                   hms(eta).c_str());
       std::fflush(stdout);
       nlohmann::json j = {{"iteration", it},
@@ -252,14 +287,14 @@ int Trainer::run() {
                           {"lr", r.lr},
                           {"grad_norm", last_grad_norm},
                           {"tokens_per_sec", tokens_per_sec},
-                          {"skipped", interval_skipped},
+                          {"skipped", interval_skipped_},
                           {"consumed_samples", consumed_samples_},
                           {"ms_per_iter", ms_per_iter},
                           {"tflops", tflops}};
       if (cfg_.peak_tflops > 0) j["mfu"] = tflops / cfg_.peak_tflops;
       metrics_.write(j);
-      interval_loss = 0.0;
-      interval_iters = interval_skipped = 0;
+      interval_loss_ = 0.0;
+      interval_iters_ = interval_skipped_ = timed_iters = 0;
       last = now;
     }
     if (cfg_.eval_interval > 0 && it % cfg_.eval_interval == 0 && it != cfg_.train_iters) run_evaluation(it);

@@ -58,6 +58,12 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   MetricsWriter metrics_;
   int64_t iteration_ = 0, consumed_samples_ = 0, skipped_ = 0;
+  // Loss average since the last log line; saved in checkpoints so a resumed
+  // run logs exactly what the uninterrupted run logs.
+  double interval_loss_ = 0.0;
+  int64_t interval_iters_ = 0, interval_skipped_ = 0;
+  void check_resume_settings(const nlohmann::json& state_scheduler, const nlohmann::json& optimizer,
+                             const nlohmann::json& args) const;
   std::vector<int32_t> batch_tokens_;
 };
 
