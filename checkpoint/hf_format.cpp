@@ -8,6 +8,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
+#include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -21,6 +22,12 @@ void export_hf(const LlamaModel& model, const std::string& tokenizer_model, cons
   if (ec) throw std::runtime_error("--output " + out_dir + ": cannot create the directory (" + ec.message() + ")");
   const ModelConfig& c = model.config();
   const ParameterStore& ps = model.params();
+  int bos = 1, eos = 2;  // llm-prepare-data's tokenizers; read from the model file when there is one
+  if (!tokenizer_model.empty()) {
+    const data::Tokenizer tok(tokenizer_model);
+    bos = tok.bos_id();
+    eos = tok.eos_id();
+  }
   SafetensorsWriter w;
   w.set_metadata("format", "pt");
   for (const auto& p : ps.infos()) {
@@ -56,12 +63,12 @@ void export_hf(const LlamaModel& model, const std::string& tokenizer_model, cons
       {"mlp_bias", false},
       {"tie_word_embeddings", c.tie_embeddings},
       {"initializer_range", c.init_std},
-      {"bos_token_id", 1},
-      {"eos_token_id", 2},
+      {"bos_token_id", bos},
+      {"eos_token_id", eos},
       {"torch_dtype", dtype == DType::BF16 ? "bfloat16" : "float32"}};
   write_file_atomic((fs::path(out_dir) / "config.json").string(), config.dump(2) + "\n");
   write_file_atomic((fs::path(out_dir) / "generation_config.json").string(),
-                    nlohmann::json{{"bos_token_id", 1}, {"eos_token_id", 2}}.dump(2) + "\n");
+                    nlohmann::json{{"bos_token_id", bos}, {"eos_token_id", eos}}.dump(2) + "\n");
   if (!tokenizer_model.empty()) {
     fs::copy_file(tokenizer_model, fs::path(out_dir) / "tokenizer.model", fs::copy_options::overwrite_existing);
     const nlohmann::json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"},   {"eos_token", "</s>"},
@@ -93,6 +100,10 @@ ModelConfig read_hf_config(const std::string& dir) {
     c.norm_eps = j.value("rms_norm_eps", 1e-6);
     c.rope_theta = j.value("rope_theta", 10000.0);
     c.tie_embeddings = j.value("tie_word_embeddings", false);
+    if (j.value("model_type", std::string("llama")) != "llama")
+      throw std::runtime_error("model_type '" + j["model_type"].get<std::string>() + "' is not llama");
+    if (j.value("attention_bias", false) || j.value("mlp_bias", false))
+      throw std::runtime_error("attention_bias / mlp_bias are not supported (the model has no biases)");
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
       throw std::runtime_error("rope_scaling is not supported");
     if (j.value("hidden_act", std::string("silu")) != "silu")
@@ -111,6 +122,9 @@ void load_hf_weights(const std::string& dir, LlamaModel& model) {
   const std::string path = (fs::path(dir) / "model.safetensors").string();
   SafetensorsReader r(path);
   ParameterStore& ps = model.params();
+  for (const auto& [name, e] : r.entries())
+    if (!ps.has(name))
+      throw std::runtime_error("'" + path + "' holds '" + name + "', which a LlamaForCausalLM of this config does not have");
   for (const auto& p : ps.infos()) {
     if (!r.has(p.name)) throw std::runtime_error("'" + path + "' has no tensor '" + p.name + "'");
     if (r.entry(p.name).shape != p.shape)

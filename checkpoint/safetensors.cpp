@@ -147,6 +147,7 @@ void SafetensorsReader::read_into(const std::string& name, Tensor& out) const {
       case DType::F32: { float f; std::memcpy(&f, buf.data() + 4 * i, 4); return f; }
       case DType::F64: { double d; std::memcpy(&d, buf.data() + 8 * i, 8); return d; }
       case DType::BF16: { bf16 b; std::memcpy(&b.bits, buf.data() + 2 * i, 2); return static_cast<float>(b); }
+      case DType::F16: { uint16_t h; std::memcpy(&h, buf.data() + 2 * i, 2); return half_to_float(h); }
       default: throw std::runtime_error("'" + path_ + "': cannot convert tensor '" + name + "' of dtype " +
                                         dtype_name(e.dtype) + " to " + dtype_name(out.dtype()));
     }

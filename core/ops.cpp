@@ -106,6 +106,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                       Tensor& dx, Tensor& dw) {
   const int64_t dim = w.numel(), rows = rows_of(x, dim);
   expect_numel("rmsnorm_backward", "dx", dx, x.numel());
+  expect_numel("rmsnorm_backward", "dy", dy, x.numel());
+  expect_numel("rmsnorm_backward", "rstd", rstd, rows);
+  expect_numel("rmsnorm_backward", "dw", dw, dim);
   dispatch("rmsnorm_backward", x, [&](auto z) {
     using T = decltype(z);
     cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), rows, dim,
@@ -157,6 +160,9 @@ void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& 
                         const Tensor& lse, Tensor& dqkv) {
   check_qkv("attention_backward", qkv, l);
   check_qkv("attention_backward", dqkv, l);
+  expect_numel("attention_backward", "dout", dout, l.batch * l.seq * l.heads * l.head_dim);
+  expect_numel("attention_backward", "out", out, l.batch * l.seq * l.heads * l.head_dim);
+  expect_numel("attention_backward", "lse", lse, l.batch * l.heads * l.seq);
   const int64_t ld = l.row_stride(), hd = l.heads * l.head_dim, gd = l.groups * l.head_dim;
   dispatch("attention_backward", qkv, [&](auto z) {
     using T = decltype(z);
@@ -172,6 +178,8 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
                       int64_t heads, int64_t groups, int64_t head_dim, Tensor& out) {
   const int64_t hd = heads * head_dim, gd = groups * head_dim, tq = rows_of(q, hd);
   if (tq > tk) fail("attention_decode", "more queries than cached keys");
+  if (k_cache.numel() < tk * gd || v_cache.numel() < tk * gd) fail("attention_decode", "KV cache smaller than its length");
+  expect_numel("attention_decode", "out", out, tq * hd);
   Tensor lse = Tensor::empty({heads * tq}, q.dtype(), MemoryCategory::Workspace);
   dispatch("attention_decode", q, [&](auto z) {
     using T = decltype(z);
@@ -205,6 +213,8 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) {
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_forward", "targets", targets, rows);
+  expect_numel("cross_entropy_forward", "loss", loss, rows);
+  expect_numel("cross_entropy_forward", "lse", lse, rows);
   dispatch("cross_entropy_forward", logits, [&](auto z) {
     using T = decltype(z);
     cpu::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), rows, V, loss.data<T>(),

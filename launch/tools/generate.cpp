@@ -28,7 +28,9 @@ int32_t pick(const std::vector<float>& logits, const SamplingOptions& o, uint64_
   if (o.temperature <= 0.0) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   std::vector<int32_t> idx(V);
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  // NaN ranks last (a strict weak order even when the model produced NaN).
+  auto key = [&](int32_t i) { return std::isnan(logits[i]) ? -INFINITY : logits[i]; };
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return key(a) > key(b); });
   const int64_t k = o.top_k > 0 ? std::min(o.top_k, V) : V;
   std::vector<double> p(k);
   const double mx = logits[idx[0]];
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
       const int32_t next = pick(logits, o, static_cast<uint64_t>(step));
       if (next == tok.eos_id()) break;
       out.push_back(next);
-      logits = m.model->decode({next}, state);
+      if (step + 1 < max_new) logits = m.model->decode({next}, state);
     }
     // Decode prompt and continuation together so the joining space is kept.
     std::vector<int32_t> text(ids.begin() + 1, ids.end());

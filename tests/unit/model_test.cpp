@@ -246,6 +246,31 @@ TEST(Checkpoint, RoundTripsAndDetectsCorruption) {
   // Truncated: the size check names the file.
   std::filesystem::resize_file(shard, 100);
   EXPECT_THROW(open_checkpoint(dir / "ck"), std::runtime_error);
+  // A manifest whose slices leave part of a tensor unread is refused, and so is
+  // one that points a slice at a file it does not list (never checksummed).
+  {
+    const std::string mpath = ck.dir + "/manifest.json";
+    std::ifstream in(mpath);
+    nlohmann::json m = nlohmann::json::parse(in);
+    in.close();
+    std::filesystem::remove_all(dir / "ck");
+    save_checkpoint(dir / "ck", c);
+    for (auto& t : m["tensors"])
+      if (t["name"] == "model.norm.weight" && t["kind"] == "param") t["slices"] = nlohmann::json::array();
+    std::ofstream(mpath) << m.dump();
+    LlamaModel target(tiny_config(false));
+    try {
+      load_model_weights(open_checkpoint(dir / "ck"), target);
+      FAIL() << "a tensor without slices was accepted";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("model.norm.weight"), std::string::npos) << e.what();
+    }
+    for (auto& t : m["tensors"])
+      if (t["name"] == "model.norm.weight" && t["kind"] == "param")
+        t["slices"] = {{{"file", "other.safetensors"}, {"key", "x"}, {"begin", 0}, {"end", 8}}};
+    std::ofstream(mpath) << m.dump();
+    EXPECT_THROW(load_model_weights(open_checkpoint(dir / "ck"), target), std::runtime_error);
+  }
   // A different model refuses the checkpoint's weights.
   std::filesystem::remove_all(dir / "ck");
   save_checkpoint(dir / "ck", c);

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/tensor.h"
 
 using namespace llm;
@@ -32,4 +34,20 @@ TEST(Tensor, Bf16RoundsToNearestEven) {
   // 1 + 2^-8 lies halfway between bf16 neighbours 1 and 1+2^-7: ties go to even (1).
   EXPECT_EQ(static_cast<float>(bf16(1.0f + 1.0f / 256)), 1.0f);
   EXPECT_EQ(static_cast<float>(bf16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);
+}
+
+TEST(Tensor, HalfToFloatCoversNormalsSubnormalsAndSpecials) {
+  EXPECT_EQ(half_to_float(0x3C00), 1.0f);
+  EXPECT_EQ(half_to_float(0xC000), -2.0f);
+  EXPECT_EQ(half_to_float(0x7BFF), 65504.0f);            // largest half
+  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(half_to_float(0x0200), std::ldexp(1.0f, -15));  // a larger subnormal
+  EXPECT_TRUE(std::isinf(half_to_float(0x7C00)));
+  EXPECT_TRUE(std::isnan(half_to_float(0x7E00)));
+  EXPECT_TRUE(std::signbit(half_to_float(0x8000)));
+}
+
+TEST(Tensor, ShapesThatOverflowAreRefused) {
+  EXPECT_THROW(shape_numel({int64_t{1} << 32, int64_t{1} << 32}), std::invalid_argument);
+  EXPECT_THROW(shape_numel({2, -1}), std::invalid_argument);
 }

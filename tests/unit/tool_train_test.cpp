@@ -94,6 +94,15 @@ TEST_F(TrainTool, ResumedRunEqualsUninterruptedRunBitwise) {
     EXPECT_EQ(a.at(it)["grad_norm"].get<double>(), b.at(it)["grad_norm"].get<double>()) << "iteration " << it;
     EXPECT_EQ(a.at(it)["lr"].get<double>(), b.at(it)["lr"].get<double>());
   }
+  // A resume that changes the optimisation is refused, naming the flag...
+  auto changed = train(common + " --load " + (run / "ck/iter_0000005") + " --min-lr 1e-4");
+  EXPECT_NE(changed.exit_code, 0);
+  EXPECT_NE(changed.output.find("--min-lr"), std::string::npos) << changed.output;
+  EXPECT_NE(changed.output.find("--override-opt_param-scheduler"), std::string::npos) << changed.output;
+  // ...unless the user says the flags win.
+  auto overridden = train(common + " --load " + (run / "ck/iter_0000005") + " --min-lr 1e-4" +
+                          " --override-opt_param-scheduler --save " + (run / "ck2"));
+  EXPECT_EQ(overridden.exit_code, 0) << overridden.output;
   // And the first five iterations of the interrupted run equal the full run's.
   const auto f = iterations(run / "first.jsonl");
   for (int64_t it = 1; it <= 5; ++it) EXPECT_EQ(a.at(it)["lm_loss"].get<double>(), f.at(it)["lm_loss"].get<double>());
