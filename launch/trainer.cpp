@@ -321,8 +321,9 @@ int Trainer::run() {
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),
               hms(total).c_str(), static_cast<long long>(skipped_));
-  std::printf("memory by category (current and peak bytes of live tensors):\n%s",
-              memory_tracker(Device::cpu()).report().c_str());
+  std::printf("memory by category (current and peak bytes of live tensors):\n%s"
+              "host blocks cached for reuse: %s\n",
+              memory_tracker(Device::cpu()).report().c_str(), format_bytes(host_cached_bytes()).c_str());
   return 0;
 }
 
