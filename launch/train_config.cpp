@@ -54,6 +54,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("tensor-model-parallel-size", po::value(&c.tensor_parallel)->default_value(1), "tensor-parallel ranks")
       ("pipeline-model-parallel-size", po::value(&c.pipeline_parallel)->default_value(1), "pipeline stages")
       ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard norms/residuals along the sequence (needs tensor parallelism)")
+      ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "elements per data-parallel gradient all-reduce bucket")
       ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage 0-3")
       ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
       ("bf16", po::bool_switch(&c.bf16), "bf16 weights and activations, fp32 master weights")
@@ -114,10 +115,11 @@ void validate(TrainConfig& c, int world) {
        "world size " + std::to_string(world) + " is not divisible by tensor × pipeline parallel size " +
            std::to_string(c.tensor_parallel * c.pipeline_parallel) + ": change -n or the parallel sizes");
   // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
-  need(world == 1, "this build trains in one process only (tensor, pipeline and data parallelism are not in "
-                   "yet): launch with mpirun -n 1");
-  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1");
-  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1");
+  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
+                               "over all ranks is)");
+  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
+                                 "over all ranks is)");
+  need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
   need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
   need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");

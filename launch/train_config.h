@@ -33,6 +33,7 @@ struct TrainConfig {
   uint64_t seed = 1234;
   // parallel layout and precision (one process, fp32 until those issues land)
   int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
+  int64_t ddp_bucket_size = 4 << 20;  // elements per data-parallel gradient bucket
   bool sequence_parallel = false, bf16 = false, fp16 = false;
   std::string recompute_granularity;  // "", "full", "selective"
   // logging and evaluation

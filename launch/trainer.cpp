@@ -30,15 +30,16 @@ void MetricsWriter::write(const nlohmann::json& j) {
   std::fflush(f_);
 }
 
-EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t count, int64_t micro) {
+EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t first_window, int64_t count,
+                    int64_t micro) {
   const int64_t S = windows.seq_length();
   EvalResult r;
   std::vector<int32_t> buf;
   double sum = 0.0;
-  for (int64_t first = 0; first < count; first += micro) {
-    const int64_t n = std::min(micro, count - first);
+  for (int64_t done = 0; done < count; done += micro) {
+    const int64_t n = std::min(micro, count - done);
     buf.resize(static_cast<size_t>(n * (S + 1)));
-    windows.fill(first, n, buf.data());
+    windows.fill(first_window + done, n, buf.data());
     MicrobatchContext ctx;
     model.set_batch(ctx, buf.data(), n, S);
     sum += model.forward(ctx);
@@ -63,7 +64,8 @@ static std::string hms(double seconds) {
   return buf;
 }
 
-Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file) {
+Trainer::Trainer(const TrainConfig& cfg, Communicator& dp)
+    : cfg_(cfg), dp_(dp), metrics_(dp.rank() == 0 ? cfg.metrics_file : std::string()) {
   train_data_ = std::make_unique<data::TokenDataset>(cfg_.data_path);
   train_data_->check_vocab(cfg_.model.vocab_size);
   const bool separate_valid = !cfg_.valid_data_path.empty();
@@ -81,6 +83,7 @@ Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file)
 
   model_ = std::make_unique<LlamaModel>(cfg_.model);
   optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
+  if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
   if (!cfg_.load.empty()) {
     CheckpointOnDisk ck = open_checkpoint(cfg_.load);
     if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
@@ -111,11 +114,15 @@ Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), metrics_(cfg.metrics_file)
               static_cast<long long>(m.groups()), static_cast<long long>(m.vocab_size),
               static_cast<long long>(m.seq_length), m.num_parameters() / 1e6, m.num_matmul_parameters() / 1e6);
   std::printf("data: %lld training windows per epoch, %lld validation windows; global batch %lld = micro %lld x %lld "
-              "accumulation steps\n",
+              "accumulation steps per rank\n",
               static_cast<long long>(sampler_->num_windows()),
               static_cast<long long>(eval_windows_ ? eval_windows_->count() : 0),
               static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
-              static_cast<long long>(cfg_.accumulation_steps(1)));
+              static_cast<long long>(cfg_.accumulation_steps(dp_.size())));
+  if (dp_.size() > 1)
+    std::printf("data parallel: %d ranks, gradients all-reduced in %lld bucket(s) of up to %lld elements, overlapped "
+                "with backward\n", dp_.size(), static_cast<long long>(buckets_->num_buckets()),
+                static_cast<long long>(cfg_.ddp_bucket_size));
   std::fflush(stdout);
 }
 
@@ -149,27 +156,44 @@ void Trainer::check_resume_settings(const nlohmann::json& sched, const nlohmann:
               list.c_str());
 }
 
+double Trainer::all_reduce_sum(double x) {
+  if (dp_.size() == 1) return x;
+  Tensor t = Tensor::empty({1}, DType::F64, MemoryCategory::Communication);
+  t.data<double>()[0] = x;
+  dp_.all_reduce(t, ReduceOp::Sum);
+  return t.data<double>()[0];
+}
+
 Trainer::StepResult Trainer::train_step(int64_t iteration) {
-  const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length;
-  const int64_t steps = cfg_.accumulation_steps(1);
+  const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
+  const int64_t steps = cfg_.accumulation_steps(static_cast<int>(dp));
   const double tokens_in_batch = static_cast<double>(cfg_.global_batch_size * S);
   model_->params().zero_grads();
   StepResult r;
   double loss_sum = 0.0;
   batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
   for (int64_t k = 0; k < steps; ++k) {
-    sampler_->fill(consumed_samples_ + k * micro, micro, batch_tokens_.data());
+    // Step k of every rank together reads samples [k·micro·dp, (k+1)·micro·dp) of
+    // the global batch, rank r the r-th micro-batch of them: the union over ranks
+    // and steps is exactly the global batch one process would read.
+    sampler_->fill(consumed_samples_ + (k * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
     MicrobatchContext ctx;
     model_->set_batch(ctx, batch_tokens_.data(), micro, S);
     loss_sum += model_->forward(ctx);
-    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch
-    model_->backward(ctx, 1.0 / tokens_in_batch);
+    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
+    // summing the ranks' gradients then gives the gradient of the global mean.
+    const bool last = k + 1 == steps;
+    if (buckets_ && last)
+      model_->backward(ctx, 1.0 / tokens_in_batch, [&](int64_t offset) { buckets_->grads_final_from(offset); });
+    else
+      model_->backward(ctx, 1.0 / tokens_in_batch);
   }
-  r.loss = loss_sum / tokens_in_batch;
+  if (buckets_) buckets_->finish();
+  r.loss = all_reduce_sum(loss_sum) / tokens_in_batch;
   r.grad_norm = global_grad_norm(model_->params());
   r.lr = cfg_.lr.at(iteration);
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
-    r.skipped = true;  // never apply a non-finite update
+    r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
   } else {
     optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad));
   }
@@ -181,7 +205,13 @@ void Trainer::run_evaluation(int64_t iteration) {
   if (!eval_windows_ || cfg_.eval_iters == 0) return;
   const int64_t count = std::min(eval_windows_->count(), cfg_.eval_iters * cfg_.micro_batch_size);
   const auto t0 = std::chrono::steady_clock::now();
-  const EvalResult e = evaluate(*model_, *eval_windows_, count, cfg_.micro_batch_size);
+  // Each data-parallel rank evaluates a contiguous share of the windows.
+  const int64_t per_rank = (count + dp_.size() - 1) / dp_.size();
+  const int64_t first = std::min(count, per_rank * dp_.rank()), n = std::min(count, first + per_rank) - first;
+  EvalResult e = evaluate(*model_, *eval_windows_, first, n, cfg_.micro_batch_size);
+  const double loss_sum = all_reduce_sum(e.loss * static_cast<double>(e.tokens));
+  e.tokens = static_cast<int64_t>(all_reduce_sum(static_cast<double>(e.tokens)));
+  e.loss = e.tokens ? loss_sum / static_cast<double>(e.tokens) : 0.0;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double ppl = std::exp(e.loss);
   std::printf("-----------------------------------------------------------------------------\n"
@@ -207,6 +237,11 @@ nlohmann::json Trainer::args_json() const {
 }
 
 void Trainer::save(int64_t iteration) {
+  // Without ZeRO every data-parallel rank holds the same state: rank 0 writes it.
+  if (dp_.rank() != 0) {
+    dp_.barrier();
+    return;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   CheckpointContents c;
   c.model = model_.get();
@@ -221,6 +256,7 @@ void Trainer::save(int64_t iteration) {
                    {"interval_skipped", interval_skipped_}};
   c.layout = {{"tensor_parallel", 1}, {"pipeline_parallel", 1}, {"data_parallel", 1}, {"zero_stage", 0},
               {"dtype", "F32"}};
+  c.layout["data_parallel"] = dp_.size();
   c.args = args_json();
   c.tokenizer_model = cfg_.tokenizer_model;
   const std::string dir = save_checkpoint(cfg_.save, c);
@@ -229,6 +265,7 @@ void Trainer::save(int64_t iteration) {
               secs);
   std::fflush(stdout);
   metrics_.write({{"event", "checkpoint_saved"}, {"iteration", iteration}, {"path", dir}, {"seconds", secs}});
+  if (dp_.size() > 1) dp_.barrier();
 }
 
 int Trainer::run() {
@@ -308,7 +345,14 @@ int Trainer::run() {
                   static_cast<long long>(cfg_.exit_interval));
       return 0;
     }
-    const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+    // The ranks' clocks differ a little: they stop when the slowest says so, together.
+    double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+    if (cfg_.exit_duration_mins > 0 && dp_.size() > 1) {
+      Tensor t = Tensor::empty({1}, DType::F64, MemoryCategory::Communication);
+      t.data<double>()[0] = minutes;
+      dp_.all_reduce(t, ReduceOp::Max);
+      minutes = t.data<double>()[0];
+    }
     if (cfg_.exit_duration_mins > 0 && minutes >= cfg_.exit_duration_mins && it != cfg_.train_iters) {
       std::printf("stopping at iteration %lld of %lld: --exit-duration-in-mins %g reached\n", static_cast<long long>(it),
                   static_cast<long long>(cfg_.train_iters), cfg_.exit_duration_mins);

@@ -10,6 +10,8 @@
 #include "launch/train_config.h"
 #include "layers/llama_model.h"
 #include "optim/adamw.h"
+#include "parallel/communicator.h"
+#include "parallel/grad_buckets.h"
 
 namespace llm {
 
@@ -30,13 +32,15 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 
-// Mean token loss of `windows` [first, first+count) in micro-batches of `micro`.
-EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t count, int64_t micro);
+// Mean token loss of windows [first_window, first_window + count) in micro-batches of `micro`.
+EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, int64_t first_window, int64_t count,
+                    int64_t micro);
 
 class Trainer {
  public:
   // Opens the data, builds the model and optimizer, resumes from --load.
-  explicit Trainer(const TrainConfig& cfg);
+  // dp: the data-parallel group (a group of one for a single process).
+  Trainer(const TrainConfig& cfg, Communicator& dp);
   // Runs to --train-iters (or --exit-interval). Returns the process exit code.
   int run();
 
@@ -50,7 +54,10 @@ class Trainer {
   void save(int64_t iteration);
   nlohmann::json args_json() const;
 
+  double all_reduce_sum(double x);
   TrainConfig cfg_;
+  Communicator& dp_;
+  std::unique_ptr<GradBuckets> buckets_;
   std::unique_ptr<data::TokenDataset> train_data_, valid_data_;
   std::unique_ptr<data::TrainSampler> sampler_;
   std::unique_ptr<data::EvalWindows> eval_windows_;

@@ -64,8 +64,11 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   return sum;
 }
 
-void LlamaModel::backward(MicrobatchContext& ctx, double dloss) const {
+void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::function<void(int64_t)>& grads_final) const {
   const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
+  auto final_from = [&](const std::string& first_param) {
+    if (grads_final) grads_final(store_.info(first_param).offset);
+  };
   Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
   if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
   else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
@@ -73,13 +76,17 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss) const {
   Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
   lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
   ctx.logits = Tensor();  // the largest activation: free it as soon as possible
+  if (!cfg_.tie_embeddings) final_from("lm_head.weight");
   Tensor dx = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
   final_norm_->backward(dnormed, ctx.final_norm, dx);
+  final_from("model.norm.weight");
   for (size_t i = blocks_.size(); i-- > 0;) {
     dx = blocks_[i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
     ctx.blocks[i] = {};  // release this block's activations
+    final_from("model.layers." + std::to_string(i) + ".input_layernorm.weight");
   }
   embed_->backward(ctx.inputs, dx);
+  if (grads_final) grads_final(0);
 }
 
 LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {

@@ -2,6 +2,7 @@
 // embedding → L blocks → final RMSNorm → output projection → mean next-token
 // cross-entropy. Explicit forward and backward over a per-microbatch context.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -41,7 +42,10 @@ class LlamaModel {
   double forward(MicrobatchContext& ctx) const;
   // Accumulates parameter gradients of (dloss · sum of token losses).
   // dloss = 1 / (tokens in the global batch) gives the gradient of the mean.
-  void backward(MicrobatchContext& ctx, double dloss) const;
+  // grads_final(offset), when given, is called as soon as the gradients at
+  // flat offsets [offset, end) are complete (data-parallel overlap).
+  void backward(MicrobatchContext& ctx, double dloss,
+                const std::function<void(int64_t)>& grads_final = nullptr) const;
 
   // Generation: feeds `tokens` (positions after the cache) and returns the
   // logits of the last one [vocab].

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
       throw llm::UsageError("--eval-samples " + std::to_string(samples) + ": " + data_path + " holds only " +
                             std::to_string(windows.count()) + " windows of " + std::to_string(seq + 1) +
                             " tokens; ask for at most that many");
-    const llm::EvalResult r = llm::evaluate(*m.model, windows, samples, micro);
+    const llm::EvalResult r = llm::evaluate(*m.model, windows, 0, samples, micro);
     const nlohmann::json out = {{"val_loss", r.loss}, {"val_ppl", std::exp(r.loss)}, {"eval_samples", samples},
                                 {"tokens", r.tokens}, {"seq_length", seq}, {"source", m.source}};
     std::printf("%s\n", out.dump().c_str());

@@ -10,6 +10,7 @@
 #include "launch/train_config.h"
 #include "launch/trainer.h"
 #include "parallel/mpi_env.h"
+#include "parallel/process_grid.h"
 
 int main(int argc, char** argv) {
   llm::ensure_native_blas_kernels(argv, /*announce=*/true);
@@ -38,9 +39,17 @@ int main(int argc, char** argv) {
   if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < omp_get_max_threads())
     std::fprintf(stderr, "warning: %d OpenMP threads but this process may run on only %d core(s); with mpirun use "
                  "--bind-to none or --map-by slot:PE=<threads per rank>\n", omp_get_max_threads(), CPU_COUNT(&cpus));
+  // Only rank 0 logs; errors still reach stderr from the rank that found them.
+  if (env.rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) std::perror("llm-train: stdout");
   try {
-    llm::Trainer trainer(cfg);
-    return trainer.run();
+    // Tensor and pipeline parallelism are not in yet (validate() says so), so
+    // every rank is one data-parallel replica of the grid.
+    llm::ProcessGrid grid(llm::make_layout(env.world_size(), static_cast<int>(cfg.tensor_parallel),
+                                           static_cast<int>(cfg.pipeline_parallel)));
+    llm::Trainer trainer(cfg, grid.dp());
+    const int rc = trainer.run();
+    if (grid.world_size() > 1) std::printf("%s: %s\n", grid.describe().c_str(), llm::comm_report(grid).c_str());
+    return rc;
   } catch (const std::exception& e) {
     env.fail("llm-train", e.what(), 1);
   }

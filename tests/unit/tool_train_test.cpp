@@ -179,14 +179,51 @@ TEST_F(TrainTool, BadInputGivesClearErrorAndNonZeroExit) {
   }
 }
 
-TEST_F(TrainTool, AnErrorOnOneRankEndsTheWholeJob) {
-  // Until the parallelism issue, two ranks are refused: every rank must exit
-  // non-zero with the message, and none may hang (the timeout would show it).
+static std::string mpiexec(int n) {
   const std::string root = ::geteuid() == 0 ? " --allow-run-as-root" : "";
-  const auto r = run_tool("timeout 120 mpiexec --oversubscribe" + root + " -n 2 -x OMP_NUM_THREADS=1 " +
-                          bin("llm-train") + model_flags() + data_flags() + " --train-iters 2");
+  return "timeout 300 mpiexec --oversubscribe" + root + " -n " + std::to_string(n) + " -x OMP_NUM_THREADS=1 ";
+}
+
+TEST_F(TrainTool, AnInvalidLayoutEndsTheWholeJobWithoutHanging) {
+  // Every rank must exit non-zero with the message, none may hang (the timeout would show it).
+  const auto r = run_tool(mpiexec(2) + bin("llm-train") + model_flags() + data_flags() +
+                          " --train-iters 2 --tensor-model-parallel-size 2");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.exit_code, 124) << "the job hung until the timeout:\n" << r.output;
-  EXPECT_NE(r.output.find("mpirun -n 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--tensor-model-parallel-size"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("[rank 0]"), std::string::npos) << "errors carry the rank:\n" << r.output;
+}
+
+TEST_F(TrainTool, DataParallelRunEqualsOneProcess) {
+  TempDir run;
+  // One process accumulates 2 micro-batches of 4; two ranks take one each. The
+  // tiny bucket size makes the gradient all-reduce run in many overlapped buckets.
+  const std::string common = " --train-iters 6 --lr 3e-3 --log-interval 1 --eval-iters 4";
+  auto one = train(common + " --metrics-file " + (run / "one.jsonl"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const std::string dp2 = mpiexec(2) + bin("llm-train") + model_flags() + data_flags() + common + " --ddp-bucket-size 3000";
+  auto two = run_tool(dp2 + " --metrics-file " + (run / "two.jsonl") + " --save " + (run / "ck"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  auto again = run_tool(dp2 + " --metrics-file " + (run / "again.jsonl"));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  const auto a = iterations(run / "one.jsonl"), b = iterations(run / "two.jsonl"), c = iterations(run / "again.jsonl");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u) << two.output;
+  for (int64_t it = 1; it <= 6; ++it) {
+    const double la = a.at(it)["lm_loss"], lb = b.at(it)["lm_loss"];
+    EXPECT_NEAR(lb, la, 1e-6 * std::abs(la)) << "iteration " << it;
+    EXPECT_NEAR(b.at(it)["grad_norm"].get<double>(), a.at(it)["grad_norm"].get<double>(),
+                1e-5 * a.at(it)["grad_norm"].get<double>());
+    EXPECT_EQ(lb, c.at(it)["lm_loss"].get<double>()) << "two data-parallel runs must agree bitwise";
+  }
+  double va = NAN, vb = NAN;
+  for (const auto& j : read_jsonl(run / "one.jsonl")) if (j.contains("val_loss")) va = j["val_loss"];
+  for (const auto& j : read_jsonl(run / "two.jsonl")) if (j.contains("val_loss")) vb = j["val_loss"];
+  EXPECT_NEAR(vb, va, 1e-6 * va);
+  // The checkpoint written by rank 0 records the layout and loads in one process.
+  std::ifstream in(run / "ck/iter_0000006/manifest.json");
+  EXPECT_EQ(nlohmann::json::parse(in)["layout"]["data_parallel"], 2);
+  auto ev = run_tool(bin("llm-eval") + " --load " + (run / "ck") + " --data-path " + (*dir_ / "gpl") + " --eval-samples 4",
+                     /*stdout_only=*/true);
+  EXPECT_EQ(ev.exit_code, 0) << ev.output;
 }
