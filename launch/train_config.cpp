@@ -114,19 +114,6 @@ void validate(TrainConfig& c, int world) {
   need(world % (c.tensor_parallel * c.pipeline_parallel) == 0,
        "world size " + std::to_string(world) + " is not divisible by tensor × pipeline parallel size " +
            std::to_string(c.tensor_parallel * c.pipeline_parallel) + ": change -n or the parallel sizes");
-  // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
-  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
-                               "over all ranks is)");
-  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
-                                 "over all ranks is)");
-  need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
-  need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
-  need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
-  need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
-  need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
-  need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
-  need(c.recompute_granularity.empty(), "--recompute-granularity is not supported yet: leave it unset");
-
   const int64_t dp = c.data_parallel(world);
   if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * dp;
   need(c.global_batch_size > 0, "--global-batch-size must be positive");
@@ -164,6 +151,33 @@ void validate(TrainConfig& c, int world) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
+  // The model must split evenly over the layout.
+  const ModelConfig m = c.model.resolved();
+  const int64_t tp = c.tensor_parallel;
+  auto split = [&](int64_t n, const std::string& what) {
+    need(n % tp == 0, what + " " + std::to_string(n) + " is not divisible by --tensor-model-parallel-size " +
+                          std::to_string(tp) + ": each tensor-parallel rank needs an equal share");
+  };
+  split(m.num_attention_heads, "--num-attention-heads");
+  split(m.groups(), "--num-query-groups");
+  split(m.ffn(), "--ffn-hidden-size");
+  split(m.vocab_size, "the vocabulary size (--vocab-size / --tokenizer-model)");
+  need(m.num_layers >= c.pipeline_parallel, "--num-layers " + std::to_string(m.num_layers) +
+                                                " is less than --pipeline-model-parallel-size " +
+                                                std::to_string(c.pipeline_parallel) + ": every stage needs a layer");
+  // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
+  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
+                               "over all ranks is)");
+  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
+                                 "over all ranks is)");
+  need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
+  need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
+  need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
+  need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
+  need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
+  need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
+  need(c.recompute_granularity.empty(), "--recompute-granularity is not supported yet: leave it unset");
+
 }
 
 }  // namespace llm

@@ -192,6 +192,16 @@ TEST_F(TrainTool, AnInvalidLayoutEndsTheWholeJobWithoutHanging) {
   EXPECT_NE(r.exit_code, 124) << "the job hung until the timeout:\n" << r.output;
   EXPECT_NE(r.output.find("--tensor-model-parallel-size"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("[rank 0]"), std::string::npos) << "errors carry the rank:\n" << r.output;
+  // Layouts the model cannot be split over are named before anything is built.
+  const std::string base = mpiexec(2) + bin("llm-train") + data_flags() + " --train-iters 2 --hidden-size 64";
+  const auto groups = run_tool(base + " --num-attention-heads 2 --num-query-groups 1 --tensor-model-parallel-size 2");
+  EXPECT_NE(groups.exit_code, 0);
+  EXPECT_NE(groups.output.find("--num-query-groups 1 is not divisible by --tensor-model-parallel-size 2"),
+            std::string::npos) << groups.output;
+  const auto layers = run_tool(base + " --num-layers 1 --pipeline-model-parallel-size 2");
+  EXPECT_NE(layers.exit_code, 0);
+  EXPECT_NE(layers.output.find("--num-layers 1 is less than --pipeline-model-parallel-size 2"), std::string::npos)
+      << layers.output;
 }
 
 TEST_F(TrainTool, DataParallelRunEqualsOneProcess) {
