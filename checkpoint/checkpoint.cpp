@@ -47,18 +47,29 @@ static std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-static const char* kShardName = "shard_r00000.safetensors";
+static std::string shard_name(int rank) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "shard_r%05d.safetensors", rank);
+  return buf;
+}
 
-std::string save_checkpoint(const std::string& root, const CheckpointContents& c) {
-  const LlamaModel& model = *c.model;
-  const std::string name = iteration_dir_name(c.state.iteration);
-  const fs::path final_dir = fs::path(root) / name, tmp_dir = fs::path(root) / (name + ".tmp");
+static fs::path tmp_dir_of(const std::string& root, int64_t iteration) {
+  return fs::path(root) / (iteration_dir_name(iteration) + ".tmp");
+}
+
+void prepare_checkpoint_dir(const std::string& root, int64_t iteration) {
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) throw std::runtime_error("--save " + root + ": cannot create the directory (" + ec.message() + ")");
+  const fs::path tmp_dir = tmp_dir_of(root, iteration);
   fs::remove_all(tmp_dir);
   fs::create_directories(tmp_dir);
+}
 
+void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
+                            const AdamW* optimizer) {
+  const fs::path tmp_dir = tmp_dir_of(root, iteration);
+  const std::string file = shard_name(shard_rank);
   nlohmann::json tensors = nlohmann::json::array();
   SafetensorsWriter shard;
   const ParameterStore& ps = model.params();
@@ -70,18 +81,37 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
                          {"kind", kind},
                          {"shape", p.shape},
                          {"dtype", dtype_name(flat.dtype())},
-                         {"slices", {{{"file", kShardName}, {"key", key}, {"begin", 0}, {"end", p.numel}}}}});
+                         {"slices", {{{"file", file}, {"key", key}, {"begin", 0}, {"end", p.numel}}}}});
     }
   };
   add("param", "", ps.values());
-  if (c.optimizer) {
-    add("exp_avg", "optimizer.exp_avg.", c.optimizer->exp_avg());
-    add("exp_avg_sq", "optimizer.exp_avg_sq.", c.optimizer->exp_avg_sq());
+  if (optimizer) {
+    add("exp_avg", "optimizer.exp_avg.", optimizer->exp_avg());
+    add("exp_avg_sq", "optimizer.exp_avg_sq.", optimizer->exp_avg_sq());
   }
-  const fs::path shard_path = tmp_dir / kShardName;
+  const fs::path shard_path = tmp_dir / file;
   const uint64_t digest = shard.write(shard_path.string());
+  // This writer's part of the manifest; the committing rank merges the parts.
+  const nlohmann::json part = {{"tensors", tensors},
+                               {"files", {{file, {{"bytes", fs::file_size(shard_path)}, {"xxh64", digest}}}}}};
+  write_file_atomic((tmp_dir / (file + ".part.json")).string(), part.dump());
+}
 
-  nlohmann::json files = {{kShardName, {{"bytes", fs::file_size(shard_path)}, {"xxh64", digest}}}};
+std::string commit_checkpoint(const std::string& root, const CheckpointContents& c) {
+  const std::string name = iteration_dir_name(c.state.iteration);
+  const fs::path final_dir = fs::path(root) / name, tmp_dir = tmp_dir_of(root, c.state.iteration);
+  nlohmann::json tensors = nlohmann::json::array(), files = nlohmann::json::object();
+  std::vector<fs::path> parts;
+  for (const auto& e : fs::directory_iterator(tmp_dir))
+    if (e.path().filename().string().ends_with(".part.json")) parts.push_back(e.path());
+  std::sort(parts.begin(), parts.end());
+  if (parts.empty()) throw std::runtime_error("checkpoint " + tmp_dir.string() + ": no shard was written");
+  for (const auto& part : parts) {
+    const nlohmann::json j = nlohmann::json::parse(read_text(part.string()));
+    for (const auto& t : j.at("tensors")) tensors.push_back(t);
+    for (const auto& [f, info] : j.at("files").items()) files[f] = info;
+    fs::remove(part);
+  }
   if (!c.tokenizer_model.empty()) {
     fs::copy_file(c.tokenizer_model, tmp_dir / "tokenizer.model", fs::copy_options::overwrite_existing);
     fsync_path((tmp_dir / "tokenizer.model").string());
@@ -98,7 +128,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
                  {"weight_decay", c.optimizer->config().weight_decay}};
   nlohmann::json manifest = {{"format", "llm-checkpoint"},
                              {"format_version", kCheckpointFormatVersion},
-                             {"model", model.config()},
+                             {"model", c.model->config()},
                              {"layout", c.layout},
                              {"tensors", tensors},
                              {"files", files},
@@ -120,6 +150,12 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
   fsync_path(root);
   fs::remove_all(old_dir);
   return final_dir.string();
+}
+
+std::string save_checkpoint(const std::string& root, const CheckpointContents& c) {
+  prepare_checkpoint_dir(root, c.state.iteration);
+  write_checkpoint_shard(root, c.state.iteration, 0, *c.model, c.optimizer);
+  return commit_checkpoint(root, c);
 }
 
 std::string CheckpointOnDisk::tokenizer_model() const {

@@ -46,7 +46,17 @@ struct CheckpointContents {
 };
 
 // Writes root/iter_XXXXXXX atomically and points root/latest at it. Returns its path.
+// One process: prepare, write shard 0, commit.
 std::string save_checkpoint(const std::string& root, const CheckpointContents& c);
+
+// The same in three steps for several writers (a shared file system):
+// one rank prepares root/iter_N.tmp; every writer (one per distinct model
+// shard) writes shard_r<rank>.safetensors and its part of the manifest; after
+// all have written, one rank merges the parts into manifest.json and commits.
+void prepare_checkpoint_dir(const std::string& root, int64_t iteration);
+void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
+                            const AdamW* optimizer);
+std::string commit_checkpoint(const std::string& root, const CheckpointContents& c);
 
 // A checkpoint found on disk, manifest read and files verified.
 struct CheckpointOnDisk {

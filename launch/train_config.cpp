@@ -11,7 +11,7 @@ namespace llm {
 
 std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
   TrainConfig c;
-  std::string decay_style = "cosine", config_file;
+  std::string decay_style = "cosine", config_file, schedule = "1f1b";
   int64_t vocab = 0;
   po::options_description model("Model"), data("Data"), train("Training"), layout("Parallelism and precision"),
       log("Logging and evaluation"), ckpt("Checkpoints"), general("General");
@@ -54,6 +54,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("tensor-model-parallel-size", po::value(&c.tensor_parallel)->default_value(1), "tensor-parallel ranks")
       ("pipeline-model-parallel-size", po::value(&c.pipeline_parallel)->default_value(1), "pipeline stages")
       ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard norms/residuals along the sequence (needs tensor parallelism)")
+      ("pipeline-schedule", po::value(&schedule)->default_value(schedule), "1f1b or afab (all forward, all backward)")
       ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "elements per data-parallel gradient all-reduce bucket")
       ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage 0-3")
       ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
@@ -94,6 +95,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
   }
   if (!vm.count("train-iters")) throw UsageError("--train-iters is required (number of optimizer steps)");
   try {
+    c.pipeline_schedule = pipeline_schedule_from_name(schedule);
     c.lr.style = lr_decay_style_from_name(decay_style);
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
@@ -166,10 +168,10 @@ void validate(TrainConfig& c, int world) {
                                                 " is less than --pipeline-model-parallel-size " +
                                                 std::to_string(c.pipeline_parallel) + ": every stage needs a layer");
   // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
-  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
-                               "over all ranks is)");
-  need(c.pipeline_parallel == 1, "--pipeline-model-parallel-size > 1 is not supported yet: use 1 (data parallelism "
-                                 "over all ranks is)");
+  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (pipeline and data "
+                               "parallelism are)");
+  need(!(c.model.tie_embeddings && c.pipeline_parallel > 1),
+       "--tie-embeddings with --pipeline-model-parallel-size > 1 is not supported yet: untie them or use one stage");
   need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
   need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");

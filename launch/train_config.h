@@ -10,6 +10,7 @@
 #include "layers/model_config.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace llm {
 
@@ -33,7 +34,8 @@ struct TrainConfig {
   uint64_t seed = 1234;
   // parallel layout and precision (one process, fp32 until those issues land)
   int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
-  int64_t ddp_bucket_size = 4 << 20;  // elements per data-parallel gradient bucket
+  int64_t ddp_bucket_size = 4 << 20;
+  PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;  // elements per data-parallel gradient bucket
   bool sequence_parallel = false, bf16 = false, fp16 = false;
   std::string recompute_granularity;  // "", "full", "selective"
   // logging and evaluation
@@ -47,9 +49,8 @@ struct TrainConfig {
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
 
   int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }
-  int64_t accumulation_steps(int world) const {
-    return global_batch_size / (micro_batch_size * data_parallel(world));
-  }
+  // Micro-batches each data-parallel rank runs per optimizer step.
+  int64_t accumulation_steps_per_rank(int64_t dp) const { return global_batch_size / (micro_batch_size * dp); }
 };
 
 // Parses argv (and --config FILE). Returns nullopt after printing --help.

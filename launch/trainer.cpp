@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "checkpoint/checkpoint.h"
+#include "core/ops.h"
 
 namespace llm {
 
@@ -64,8 +65,12 @@ static std::string hms(double seconds) {
   return buf;
 }
 
-Trainer::Trainer(const TrainConfig& cfg, Communicator& dp)
-    : cfg_(cfg), dp_(dp), metrics_(dp.rank() == 0 ? cfg.metrics_file : std::string()) {
+Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
+    : cfg_(cfg),
+      grid_(grid),
+      dp_(grid.dp()),
+      pp_(grid.pp()),
+      metrics_(grid.world_rank() == 0 ? cfg.metrics_file : std::string()) {
   train_data_ = std::make_unique<data::TokenDataset>(cfg_.data_path);
   train_data_->check_vocab(cfg_.model.vocab_size);
   const bool separate_valid = !cfg_.valid_data_path.empty();
@@ -81,7 +86,9 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& dp)
     eval_windows_ = std::make_unique<data::EvalWindows>(*train_data_, cfg_.model.seq_length, split.valid);
   }
 
-  model_ = std::make_unique<LlamaModel>(cfg_.model);
+  model_ = std::make_unique<LlamaModel>(
+      cfg_.model, DType::F32, Device::cpu(),
+      PipelineStage::balanced(cfg_.model.resolved().num_layers, grid.pp_rank(), grid.pp_size()));
   optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
   if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
   if (!cfg_.load.empty()) {
@@ -118,7 +125,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& dp)
               static_cast<long long>(sampler_->num_windows()),
               static_cast<long long>(eval_windows_ ? eval_windows_->count() : 0),
               static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
-              static_cast<long long>(cfg_.accumulation_steps(dp_.size())));
+              static_cast<long long>(cfg_.accumulation_steps_per_rank(dp_.size())));
   if (dp_.size() > 1)
     std::printf("data parallel: %d ranks, gradients all-reduced in %lld bucket(s) of up to %lld elements, overlapped "
                 "with backward\n", dp_.size(), static_cast<long long>(buckets_->num_buckets()),
@@ -156,41 +163,73 @@ void Trainer::check_resume_settings(const nlohmann::json& sched, const nlohmann:
               list.c_str());
 }
 
-double Trainer::all_reduce_sum(double x) {
-  if (dp_.size() == 1) return x;
+double Trainer::all_reduce_sum(Communicator& group, double x) {
+  if (group.size() == 1) return x;
   Tensor t = Tensor::empty({1}, DType::F64, MemoryCategory::Communication);
   t.data<double>()[0] = x;
-  dp_.all_reduce(t, ReduceOp::Sum);
+  group.all_reduce(t, ReduceOp::Sum);
   return t.data<double>()[0];
+}
+
+double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
+  const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
+  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(steps));
+  double loss_sum = 0.0;
+  PipelineStep step;
+  step.activation_shape = {micro * S, cfg_.model.hidden_size};
+  step.forward = [&](int64_t m, const Tensor& input) {
+    sampler_->fill(consumed_samples_ + (m * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+    model_->set_batch(ctx, batch_tokens_.data(), micro, S);
+    ctx.input_hidden = input;
+    loss_sum += model_->forward(ctx);
+    return ctx.output_hidden;
+  };
+  step.backward = [&](int64_t m, const Tensor& grad_output) {
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+    std::function<void(int64_t)> on_final;
+    if (buckets_ && m + 1 == steps) on_final = [&](int64_t offset) { buckets_->grads_final_from(offset); };
+    model_->backward(ctx, 1.0 / tokens_in_batch, on_final, grad_output.defined() ? &grad_output : nullptr);
+    Tensor grad_input = ctx.input_grad;
+    ctx = MicrobatchContext{};  // this micro-batch is done: free its activations
+    return grad_input;
+  };
+  run_pipeline(cfg_.pipeline_schedule, steps, pp_, step);
+  return loss_sum;
 }
 
 Trainer::StepResult Trainer::train_step(int64_t iteration) {
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
-  const int64_t steps = cfg_.accumulation_steps(static_cast<int>(dp));
+  const int64_t steps = cfg_.accumulation_steps_per_rank(dp);
   const double tokens_in_batch = static_cast<double>(cfg_.global_batch_size * S);
   model_->params().zero_grads();
   StepResult r;
   double loss_sum = 0.0;
   batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
-  for (int64_t k = 0; k < steps; ++k) {
-    // Step k of every rank together reads samples [k·micro·dp, (k+1)·micro·dp) of
-    // the global batch, rank r the r-th micro-batch of them: the union over ranks
-    // and steps is exactly the global batch one process would read.
-    sampler_->fill(consumed_samples_ + (k * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
-    MicrobatchContext ctx;
-    model_->set_batch(ctx, batch_tokens_.data(), micro, S);
-    loss_sum += model_->forward(ctx);
-    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
-    // summing the ranks' gradients then gives the gradient of the global mean.
-    const bool last = k + 1 == steps;
-    if (buckets_ && last)
-      model_->backward(ctx, 1.0 / tokens_in_batch, [&](int64_t offset) { buckets_->grads_final_from(offset); });
-    else
-      model_->backward(ctx, 1.0 / tokens_in_batch);
+  if (pp_.size() > 1) {
+    loss_sum = run_pipelined_step(steps, tokens_in_batch);
+  } else {
+    for (int64_t k = 0; k < steps; ++k) {
+      // Step k of every rank together reads samples [k·micro·dp, (k+1)·micro·dp) of
+      // the global batch, rank r the r-th micro-batch of them: the union over ranks
+      // and steps is exactly the global batch one process would read.
+      sampler_->fill(consumed_samples_ + (k * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
+      MicrobatchContext ctx;
+      model_->set_batch(ctx, batch_tokens_.data(), micro, S);
+      loss_sum += model_->forward(ctx);
+      // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
+      // summing the ranks' gradients then gives the gradient of the global mean.
+      const bool last = k + 1 == steps;
+      if (buckets_ && last)
+        model_->backward(ctx, 1.0 / tokens_in_batch, [&](int64_t offset) { buckets_->grads_final_from(offset); });
+      else
+        model_->backward(ctx, 1.0 / tokens_in_batch);
+    }
   }
   if (buckets_) buckets_->finish();
-  r.loss = all_reduce_sum(loss_sum) / tokens_in_batch;
-  r.grad_norm = global_grad_norm(model_->params());
+  // The loss lives on the last stage; each parameter on exactly one stage.
+  r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
+  r.grad_norm = std::sqrt(all_reduce_sum(pp_, ops::sum_of_squares(model_->params().grads())));
   r.lr = cfg_.lr.at(iteration);
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
@@ -201,6 +240,38 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   return r;
 }
 
+EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
+  if (pp_.size() == 1) return evaluate(*model_, *eval_windows_, first, count, cfg_.micro_batch_size);
+  // Forward-only through the stages; the loss is summed on the last one.
+  const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length;
+  const int64_t batches = (count + micro - 1) / micro;
+  EvalResult r;
+  double sum = 0.0;
+  std::vector<int32_t> buf(static_cast<size_t>(micro * (S + 1)));
+  // Every micro-batch has the full size so activations have one shape; a
+  // short last batch repeats windows whose losses are then not counted.
+  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(batches));
+  PipelineStep step;
+  step.activation_shape = {micro * S, cfg_.model.hidden_size};
+  step.forward = [&](int64_t m, const Tensor& input) {
+    const int64_t n = std::min(micro, count - m * micro);
+    for (int64_t i = 0; i < micro; ++i) eval_windows_->fill(first + m * micro + std::min(i, n - 1), 1, buf.data() + i * (S + 1));
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+    model_->set_batch(ctx, buf.data(), micro, S);
+    int32_t* targets = ctx.targets.data<int32_t>();
+    for (int64_t i = n * S; i < micro * S; ++i) targets[i] = -1;  // padding rows: ignored
+    ctx.input_hidden = input;
+    sum += model_->forward(ctx);
+    r.tokens += ctx.num_targets;
+    Tensor out = ctx.output_hidden;
+    ctx = MicrobatchContext{};
+    return out;
+  };
+  run_pipeline(PipelineSchedule::ForwardOnly, batches, pp_, step);
+  r.loss = r.tokens ? sum / static_cast<double>(r.tokens) : 0.0;
+  return r;
+}
+
 void Trainer::run_evaluation(int64_t iteration) {
   if (!eval_windows_ || cfg_.eval_iters == 0) return;
   const int64_t count = std::min(eval_windows_->count(), cfg_.eval_iters * cfg_.micro_batch_size);
@@ -208,9 +279,9 @@ void Trainer::run_evaluation(int64_t iteration) {
   // Each data-parallel rank evaluates a contiguous share of the windows.
   const int64_t per_rank = (count + dp_.size() - 1) / dp_.size();
   const int64_t first = std::min(count, per_rank * dp_.rank()), n = std::min(count, first + per_rank) - first;
-  EvalResult e = evaluate(*model_, *eval_windows_, first, n, cfg_.micro_batch_size);
-  const double loss_sum = all_reduce_sum(e.loss * static_cast<double>(e.tokens));
-  e.tokens = static_cast<int64_t>(all_reduce_sum(static_cast<double>(e.tokens)));
+  EvalResult e = evaluate_share(first, n);
+  const double loss_sum = all_reduce_sum(dp_, all_reduce_sum(pp_, e.loss * static_cast<double>(e.tokens)));
+  e.tokens = static_cast<int64_t>(all_reduce_sum(dp_, all_reduce_sum(pp_, static_cast<double>(e.tokens))));
   e.loss = e.tokens ? loss_sum / static_cast<double>(e.tokens) : 0.0;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double ppl = std::exp(e.loss);
@@ -237,35 +308,39 @@ nlohmann::json Trainer::args_json() const {
 }
 
 void Trainer::save(int64_t iteration) {
-  // Without ZeRO every data-parallel rank holds the same state: rank 0 writes it.
-  if (dp_.rank() != 0) {
-    dp_.barrier();
-    return;
-  }
+  // Without ZeRO the data-parallel replicas hold the same state: rank 0 of
+  // each dp group (one per pipeline stage) writes its stage's shard, and
+  // world rank 0 prepares the directory and commits the merged manifest.
+  Communicator& world = grid_.world();
   const auto t0 = std::chrono::steady_clock::now();
-  CheckpointContents c;
-  c.model = model_.get();
-  c.optimizer = optimizer_.get();
-  c.state.iteration = iteration;
-  c.state.consumed_samples = consumed_samples_;
-  c.state.skipped_iterations = skipped_;
-  c.state.sampler = sampler_->state(consumed_samples_);
-  c.state.scheduler = {{"max_lr", cfg_.lr.max_lr}, {"min_lr", cfg_.lr.min_lr}, {"warmup_iters", cfg_.lr.warmup_iters},
-                       {"decay_iters", cfg_.lr.decay_iters}, {"style", lr_decay_style_name(cfg_.lr.style)}};
-  c.state.extra = {{"interval_loss_sum", interval_loss_}, {"interval_iters", interval_iters_},
-                   {"interval_skipped", interval_skipped_}};
-  c.layout = {{"tensor_parallel", 1}, {"pipeline_parallel", 1}, {"data_parallel", 1}, {"zero_stage", 0},
-              {"dtype", "F32"}};
-  c.layout["data_parallel"] = dp_.size();
-  c.args = args_json();
-  c.tokenizer_model = cfg_.tokenizer_model;
-  const std::string dir = save_checkpoint(cfg_.save, c);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("saved checkpoint at iteration %lld to %s (%.2f s)\n", static_cast<long long>(iteration), dir.c_str(),
-              secs);
-  std::fflush(stdout);
-  metrics_.write({{"event", "checkpoint_saved"}, {"iteration", iteration}, {"path", dir}, {"seconds", secs}});
-  if (dp_.size() > 1) dp_.barrier();
+  if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
+  world.barrier();
+  if (dp_.rank() == 0) write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, optimizer_.get());
+  world.barrier();
+  if (grid_.world_rank() == 0) {
+    CheckpointContents c;
+    c.model = model_.get();
+    c.optimizer = optimizer_.get();
+    c.state.iteration = iteration;
+    c.state.consumed_samples = consumed_samples_;
+    c.state.skipped_iterations = skipped_;
+    c.state.sampler = sampler_->state(consumed_samples_);
+    c.state.scheduler = {{"max_lr", cfg_.lr.max_lr}, {"min_lr", cfg_.lr.min_lr}, {"warmup_iters", cfg_.lr.warmup_iters},
+                         {"decay_iters", cfg_.lr.decay_iters}, {"style", lr_decay_style_name(cfg_.lr.style)}};
+    c.state.extra = {{"interval_loss_sum", interval_loss_}, {"interval_iters", interval_iters_},
+                     {"interval_skipped", interval_skipped_}};
+    c.layout = {{"tensor_parallel", grid_.tp_size()}, {"pipeline_parallel", grid_.pp_size()},
+                {"data_parallel", grid_.dp_size()}, {"zero_stage", 0}, {"dtype", "F32"}};
+    c.args = args_json();
+    c.tokenizer_model = cfg_.tokenizer_model;
+    const std::string dir = commit_checkpoint(cfg_.save, c);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("saved checkpoint at iteration %lld to %s (%.2f s)\n", static_cast<long long>(iteration), dir.c_str(),
+                secs);
+    std::fflush(stdout);
+    metrics_.write({{"event", "checkpoint_saved"}, {"iteration", iteration}, {"path", dir}, {"seconds", secs}});
+  }
+  world.barrier();
 }
 
 int Trainer::run() {
@@ -347,10 +422,10 @@ int Trainer::run() {
     }
     // The ranks' clocks differ a little: they stop when the slowest says so, together.
     double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-    if (cfg_.exit_duration_mins > 0 && dp_.size() > 1) {
+    if (cfg_.exit_duration_mins > 0 && grid_.world_size() > 1) {
       Tensor t = Tensor::empty({1}, DType::F64, MemoryCategory::Communication);
       t.data<double>()[0] = minutes;
-      dp_.all_reduce(t, ReduceOp::Max);
+      grid_.world().all_reduce(t, ReduceOp::Max);
       minutes = t.data<double>()[0];
     }
     if (cfg_.exit_duration_mins > 0 && minutes >= cfg_.exit_duration_mins && it != cfg_.train_iters) {

@@ -12,6 +12,8 @@
 #include "optim/adamw.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_buckets.h"
+#include "parallel/pipeline_schedule.h"
+#include "parallel/process_grid.h"
 
 namespace llm {
 
@@ -39,8 +41,8 @@ EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, i
 class Trainer {
  public:
   // Opens the data, builds the model and optimizer, resumes from --load.
-  // dp: the data-parallel group (a group of one for a single process).
-  Trainer(const TrainConfig& cfg, Communicator& dp);
+  // grid: the process grid (every group of size one for a single process).
+  Trainer(const TrainConfig& cfg, ProcessGrid& grid);
   // Runs to --train-iters (or --exit-interval). Returns the process exit code.
   int run();
 
@@ -54,9 +56,15 @@ class Trainer {
   void save(int64_t iteration);
   nlohmann::json args_json() const;
 
-  double all_reduce_sum(double x);
+  // Sum of x over the ranks of a group (the same value on each afterwards).
+  static double all_reduce_sum(Communicator& group, double x);
+  // Forward and backward of the step's micro-batches through the pipeline stages.
+  double run_pipelined_step(int64_t steps, double tokens_in_batch);
+  EvalResult evaluate_share(int64_t first, int64_t count);
   TrainConfig cfg_;
+  ProcessGrid& grid_;
   Communicator& dp_;
+  Communicator& pp_;
   std::unique_ptr<GradBuckets> buckets_;
   std::unique_ptr<data::TokenDataset> train_data_, valid_data_;
   std::unique_ptr<data::TrainSampler> sampler_;

@@ -1,25 +1,46 @@
 #include "layers/llama_model.h"
 
+#include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "core/ops.h"
 
 namespace llm {
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device)
-    : cfg_(cfg.resolved()), dtype_(dtype), device_(device), store_(dtype, device) {
+PipelineStage PipelineStage::balanced(int64_t layers, int stage, int stages) {
+  const int64_t base = layers / stages, extra = layers % stages;
+  PipelineStage s;
+  s.first_layer = stage * base + std::min<int64_t>(stage, extra);
+  s.num_layers = base + (stage < extra ? 1 : 0);
+  s.first = stage == 0;
+  s.last = stage == stages - 1;
+  return s;
+}
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, PipelineStage stage)
+    : cfg_(cfg.resolved()), stage_(stage), dtype_(dtype), device_(device), store_(dtype, device) {
   cfg_.validate();
+  if (stage_.num_layers < 0) stage_.num_layers = cfg_.num_layers - stage_.first_layer;
+  if (stage_.first_layer < 0 || stage_.first_layer + stage_.num_layers > cfg_.num_layers)
+    throw std::invalid_argument("pipeline stage layers out of range");
+  if (cfg_.tie_embeddings && !(stage_.first && stage_.last))
+    throw std::invalid_argument("--tie-embeddings with --pipeline-model-parallel-size > 1 is not supported yet");
   // Registration order is the flat-buffer order: Hugging Face's parameter order.
-  embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
-                                       cfg_.init_std);
-  for (int64_t i = 0; i < cfg_.num_layers; ++i) blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_));
-  final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
-  if (cfg_.tie_embeddings)
-    lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
-  else
-    lm_head_ = std::make_unique<Linear>(
-        store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,
-        cfg_.init_std);
+  if (stage_.first)
+    embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
+                                         cfg_.init_std);
+  for (int64_t i = stage_.first_layer; i < stage_.first_layer + stage_.num_layers; ++i)
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_));
+  if (stage_.last) {
+    final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
+    if (cfg_.tie_embeddings)
+      lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
+    else
+      lm_head_ = std::make_unique<Linear>(
+          store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,
+          cfg_.init_std);
+  }
   store_.allocate();
 }
 
@@ -39,10 +60,21 @@ void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64
 
 double LlamaModel::forward(MicrobatchContext& ctx) const {
   const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size, V = cfg_.vocab_size;
-  Tensor x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
-  embed_->forward(ctx.inputs, x);
+  Tensor x;
+  if (embed_) {
+    x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    embed_->forward(ctx.inputs, x);
+  } else {
+    x = ctx.input_hidden;
+  }
   ctx.blocks.assign(blocks_.size(), {});
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
+  if (!lm_head_) {  // a stage before the last: the loss is computed downstream
+    ctx.output_hidden = x;
+    ctx.loss_sum = 0.0;
+    ctx.num_targets = 0;
+    return 0.0;
+  }
   ctx.normed = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
   final_norm_->forward(x, ctx.normed, ctx.final_norm);
   ctx.logits = Tensor::empty({rows, V}, dtype_, MemoryCategory::Activations, device_);
@@ -64,28 +96,37 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   return sum;
 }
 
-void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::function<void(int64_t)>& grads_final) const {
+void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::function<void(int64_t)>& grads_final,
+                          const Tensor* grad_output) const {
   const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
   auto final_from = [&](const std::string& first_param) {
     if (grads_final) grads_final(store_.info(first_param).offset);
   };
-  Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
-  if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
-  else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
-  ops::cross_entropy_backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
-  Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
-  lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
-  ctx.logits = Tensor();  // the largest activation: free it as soon as possible
-  if (!cfg_.tie_embeddings) final_from("lm_head.weight");
-  Tensor dx = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
-  final_norm_->backward(dnormed, ctx.final_norm, dx);
-  final_from("model.norm.weight");
+  Tensor dx;
+  if (lm_head_) {
+    Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
+    if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
+    else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
+    ops::cross_entropy_backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
+    Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
+    ctx.logits = Tensor();  // the largest activation: free it as soon as possible
+    if (!cfg_.tie_embeddings) final_from("lm_head.weight");
+    dx = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    final_norm_->backward(dnormed, ctx.final_norm, dx);
+    final_from("model.norm.weight");
+  } else {
+    if (!grad_output) throw std::logic_error("backward on a stage before the last needs the output's gradient");
+    dx = grad_output->clone(MemoryCategory::Activations);
+  }
   for (size_t i = blocks_.size(); i-- > 0;) {
     dx = blocks_[i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
     ctx.blocks[i] = {};  // release this block's activations
-    final_from("model.layers." + std::to_string(i) + ".input_layernorm.weight");
+    final_from("model.layers." + std::to_string(stage_.first_layer + static_cast<int64_t>(i)) +
+               ".input_layernorm.weight");
   }
-  embed_->backward(ctx.inputs, dx);
+  if (embed_) embed_->backward(ctx.inputs, dx);
+  else ctx.input_grad = dx;
   if (grads_final) grads_final(0);
 }
 

@@ -14,6 +14,16 @@
 
 namespace llm {
 
+// The part of the model a pipeline stage holds: a contiguous run of blocks,
+// plus the embedding on the first stage and norm + head + loss on the last.
+struct PipelineStage {
+  int64_t first_layer = 0, num_layers = -1;  // -1: all layers
+  bool first = true, last = true;
+  // Stage `stage` of `stages` for a model of `layers` blocks: balanced, the
+  // first (layers mod stages) stages taking one block more.
+  static PipelineStage balanced(int64_t layers, int stage, int stages);
+};
+
 // Everything one microbatch's backward needs, kept between forward and backward.
 // Dropping it and re-running forward is activation recomputation.
 struct MicrobatchContext {
@@ -24,13 +34,18 @@ struct MicrobatchContext {
   Tensor normed;  // final norm output [rows, hidden]
   Tensor logits;  // [rows, vocab]; replaced by its gradient in backward
   Tensor lse;     // [rows]
+  Tensor input_hidden;   // received activation (stages after the first)
+  Tensor output_hidden;  // activation to send on (stages before the last)
+  Tensor input_grad;     // gradient to send back (stages after the first)
   double loss_sum = 0.0;     // sum of per-token losses
   int64_t num_targets = 0;   // tokens that count (targets ≠ −1)
 };
 
 class LlamaModel {
  public:
-  LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu());
+  LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu(),
+             PipelineStage stage = {});
+  const PipelineStage& stage() const { return stage_; }
   const ModelConfig& config() const { return cfg_; }
   ParameterStore& params() { return store_; }
   const ParameterStore& params() const { return store_; }
@@ -44,8 +59,10 @@ class LlamaModel {
   // dloss = 1 / (tokens in the global batch) gives the gradient of the mean.
   // grads_final(offset), when given, is called as soon as the gradients at
   // flat offsets [offset, end) are complete (data-parallel overlap).
+  // On a stage that is not the last, grad_output is the gradient of
+  // ctx.output_hidden; on one that is not the first, ctx.input_grad is set.
   void backward(MicrobatchContext& ctx, double dloss,
-                const std::function<void(int64_t)>& grads_final = nullptr) const;
+                const std::function<void(int64_t)>& grads_final = nullptr, const Tensor* grad_output = nullptr) const;
 
   // Generation: feeds `tokens` (positions after the cache) and returns the
   // logits of the last one [vocab].
@@ -58,6 +75,7 @@ class LlamaModel {
 
  private:
   ModelConfig cfg_;
+  PipelineStage stage_;
   DType dtype_;
   Device device_;
   ParameterStore store_;

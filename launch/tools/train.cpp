@@ -42,11 +42,9 @@ int main(int argc, char** argv) {
   // Only rank 0 logs; errors still reach stderr from the rank that found them.
   if (env.rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) std::perror("llm-train: stdout");
   try {
-    // Tensor and pipeline parallelism are not in yet (validate() says so), so
-    // every rank is one data-parallel replica of the grid.
     llm::ProcessGrid grid(llm::make_layout(env.world_size(), static_cast<int>(cfg.tensor_parallel),
                                            static_cast<int>(cfg.pipeline_parallel)));
-    llm::Trainer trainer(cfg, grid.dp());
+    llm::Trainer trainer(cfg, grid);
     const int rc = trainer.run();
     if (grid.world_size() > 1) std::printf("%s: %s\n", grid.describe().c_str(), llm::comm_report(grid).c_str());
     return rc;
