@@ -5,6 +5,8 @@
 #include <fstream>
 #include <iostream>
 
+#include "layers/llama_model.h"
+
 namespace po = boost::program_options;
 
 namespace llm {
@@ -55,6 +57,8 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("pipeline-model-parallel-size", po::value(&c.pipeline_parallel)->default_value(1), "pipeline stages")
       ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard norms/residuals along the sequence (needs tensor parallelism)")
       ("pipeline-schedule", po::value(&schedule)->default_value(schedule), "1f1b or afab (all forward, all backward)")
+      ("decoder-first-pipeline-num-layers", po::value(&c.first_stage_layers)->default_value(0), "blocks on the first pipeline stage (0: balanced split)")
+      ("decoder-last-pipeline-num-layers", po::value(&c.last_stage_layers)->default_value(0), "blocks on the last pipeline stage (0: balanced split)")
       ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "elements per data-parallel gradient all-reduce bucket")
       ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage 0-3")
       ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
@@ -167,6 +171,13 @@ void validate(TrainConfig& c, int world) {
   need(m.num_layers >= c.pipeline_parallel, "--num-layers " + std::to_string(m.num_layers) +
                                                 " is less than --pipeline-model-parallel-size " +
                                                 std::to_string(c.pipeline_parallel) + ": every stage needs a layer");
+  try {
+    for (int s = 0; s < c.pipeline_parallel; ++s)
+      PipelineStage::split(m.num_layers, s, static_cast<int>(c.pipeline_parallel), c.first_stage_layers,
+                           c.last_stage_layers);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
   need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (pipeline and data "
                                "parallelism are)");

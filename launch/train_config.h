@@ -35,7 +35,8 @@ struct TrainConfig {
   // parallel layout and precision (one process, fp32 until those issues land)
   int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
   int64_t ddp_bucket_size = 4 << 20;
-  PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;  // elements per data-parallel gradient bucket
+  PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;
+  int64_t first_stage_layers = 0, last_stage_layers = 0;  // 0: balanced split  // elements per data-parallel gradient bucket
   bool sequence_parallel = false, bf16 = false, fp16 = false;
   std::string recompute_granularity;  // "", "full", "selective"
   // logging and evaluation

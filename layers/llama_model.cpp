@@ -18,6 +18,27 @@ PipelineStage PipelineStage::balanced(int64_t layers, int stage, int stages) {
   return s;
 }
 
+PipelineStage PipelineStage::split(int64_t layers, int stage, int stages, int64_t first_layers, int64_t last_layers) {
+  if (first_layers == 0 && last_layers == 0) return balanced(layers, stage, stages);
+  if (stages == 1) throw std::invalid_argument("--decoder-first/last-pipeline-num-layers need more than one stage");
+  std::vector<int64_t> count(stages, 0);
+  int64_t rest = layers, free_stages = stages;
+  if (first_layers > 0) { count[0] = first_layers; rest -= first_layers; --free_stages; }
+  if (last_layers > 0) { count[stages - 1] = last_layers; rest -= last_layers; --free_stages; }
+  if (rest < free_stages || (free_stages > 0 && rest % free_stages != 0) || (free_stages == 0 && rest != 0))
+    throw std::invalid_argument("--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers leave " +
+                                std::to_string(rest) + " of --num-layers " + std::to_string(layers) + " for " +
+                                std::to_string(free_stages) + " other stage(s): that must split evenly, at least one each");
+  for (int s = 0; s < stages; ++s)
+    if (count[s] == 0) count[s] = rest / free_stages;
+  PipelineStage p;
+  for (int s = 0; s < stage; ++s) p.first_layer += count[s];
+  p.num_layers = count[stage];
+  p.first = stage == 0;
+  p.last = stage == stages - 1;
+  return p;
+}
+
 LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, PipelineStage stage)
     : cfg_(cfg.resolved()), stage_(stage), dtype_(dtype), device_(device), store_(dtype, device) {
   cfg_.validate();

@@ -22,6 +22,11 @@ struct PipelineStage {
   // Stage `stage` of `stages` for a model of `layers` blocks: balanced, the
   // first (layers mod stages) stages taking one block more.
   static PipelineStage balanced(int64_t layers, int stage, int stages);
+  // As balanced(), but the first and/or last stage take a given number of
+  // blocks (0: not fixed) and the other stages share the rest evenly
+  // (Megatron's --decoder-first/last-pipeline-num-layers). Throws
+  // std::invalid_argument naming those flags when the rest does not divide.
+  static PipelineStage split(int64_t layers, int stage, int stages, int64_t first_layers, int64_t last_layers);
 };
 
 // Everything one microbatch's backward needs, kept between forward and backward.

@@ -279,3 +279,25 @@ TEST(Checkpoint, RoundTripsAndDetectsCorruption) {
   LlamaModel wrong(other);
   EXPECT_THROW(load_model_weights(open_checkpoint(dir / "ck"), wrong), std::runtime_error);
 }
+
+TEST(Pipeline, StagesSplitTheBlocksAsDocumented) {
+  auto layers_of = [](int64_t L, int P, int64_t first, int64_t last) {
+    std::vector<int64_t> n;
+    int64_t next = 0;
+    for (int s = 0; s < P; ++s) {
+      const PipelineStage st = PipelineStage::split(L, s, P, first, last);
+      EXPECT_EQ(st.first_layer, next);  // contiguous, in order
+      EXPECT_EQ(st.first, s == 0);
+      EXPECT_EQ(st.last, s == P - 1);
+      next += st.num_layers;
+      n.push_back(st.num_layers);
+    }
+    EXPECT_EQ(next, L);
+    return n;
+  };
+  EXPECT_EQ(layers_of(10, 4, 0, 0), (std::vector<int64_t>{3, 3, 2, 2}));  // balanced, extra blocks first
+  EXPECT_EQ(layers_of(10, 4, 1, 3), (std::vector<int64_t>{1, 3, 3, 3}));
+  EXPECT_EQ(layers_of(9, 3, 0, 1), (std::vector<int64_t>{4, 4, 1}));
+  EXPECT_THROW(PipelineStage::split(10, 0, 4, 2, 0), std::invalid_argument);  // 8 left for 3 stages
+  EXPECT_THROW(PipelineStage::split(4, 0, 2, 3, 2), std::invalid_argument);   // more than there are
+}

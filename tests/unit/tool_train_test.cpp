@@ -257,8 +257,8 @@ TEST_F(TrainTool, PipelineParallelRunEqualsOneProcessAndReshardsOnLoad) {
   // Each stage runs the same micro-batches in the same order as one process,
   // so both schedules reproduce its losses bitwise (clipping, which would feed
   // the norm's rounding into the update, is not active in this short run).
-  for (const std::string schedule : {"1f1b", "afab"}) {
-    const std::string metrics = run / ("pp2_" + schedule + ".jsonl");
+  for (const std::string schedule : {"1f1b", "afab", "1f1b --decoder-first-pipeline-num-layers 1"}) {
+    const std::string metrics = run / ("pp2_" + std::to_string(schedule.size()) + ".jsonl");
     auto r = run_tool(mpiexec(2) + bin("llm-train") + flags + " --pipeline-model-parallel-size 2 --pipeline-schedule " +
                       schedule + " --metrics-file " + metrics);
     ASSERT_EQ(r.exit_code, 0) << r.output;
