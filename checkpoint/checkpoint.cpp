@@ -67,7 +67,7 @@ void prepare_checkpoint_dir(const std::string& root, int64_t iteration) {
 }
 
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
-                            const AdamW* optimizer) {
+                            const AdamW* optimizer, const std::vector<std::string>& skip) {
   const fs::path tmp_dir = tmp_dir_of(root, iteration);
   const std::string file = shard_name(shard_rank);
   nlohmann::json tensors = nlohmann::json::array();
@@ -75,6 +75,7 @@ void write_checkpoint_shard(const std::string& root, int64_t iteration, int shar
   const ParameterStore& ps = model.params();
   auto add = [&](const std::string& kind, const std::string& key_prefix, const Tensor& flat) {
     for (const auto& p : ps.infos()) {
+      if (std::find(skip.begin(), skip.end(), p.name) != skip.end()) continue;
       const std::string key = key_prefix + p.name;
       shard.add(key, flat.flat_view(p.offset, p.shape));
       tensors.push_back({{"name", p.name},

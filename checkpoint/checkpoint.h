@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -54,8 +55,9 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
 // shard) writes shard_r<rank>.safetensors and its part of the manifest; after
 // all have written, one rank merges the parts into manifest.json and commits.
 void prepare_checkpoint_dir(const std::string& root, int64_t iteration);
+// skip: parameters another writer saves (a tied embedding's copy on the last stage).
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
-                            const AdamW* optimizer);
+                            const AdamW* optimizer, const std::vector<std::string>& skip = {});
 std::string commit_checkpoint(const std::string& root, const CheckpointContents& c);
 
 // A checkpoint found on disk, manifest read and files verified.

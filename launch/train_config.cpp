@@ -181,8 +181,6 @@ void validate(TrainConfig& c, int world) {
   // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
   need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (pipeline and data "
                                "parallelism are)");
-  need(!(c.model.tie_embeddings && c.pipeline_parallel > 1),
-       "--tie-embeddings with --pipeline-model-parallel-size > 1 is not supported yet: untie them or use one stage");
   need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
   need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");

@@ -228,9 +228,22 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
     }
   }
   if (buckets_) buckets_->finish();
+  // A tied embedding lives on the first and the last stage: sum the two halves
+  // of its gradient (input lookup and output projection) so both copies agree.
+  const bool tied_copy = tied_across_stages();
+  if (tied_copy) {
+    Tensor g = model_->params().grad({model_->params().info("model.embed_tokens.weight").offset,
+                                      model_->params().info("model.embed_tokens.weight").shape});
+    grid_.embedding().all_reduce(g, ReduceOp::Sum);
+  }
   // The loss lives on the last stage; each parameter on exactly one stage.
   r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
-  r.grad_norm = std::sqrt(all_reduce_sum(pp_, ops::sum_of_squares(model_->params().grads())));
+  double sumsq = ops::sum_of_squares(model_->params().grads());
+  if (tied_copy && grid_.is_last_stage()) {  // counted once, on the first stage
+    const auto& e = model_->params().info("model.embed_tokens.weight");
+    sumsq -= ops::sum_of_squares(model_->params().grads().flat_view(e.offset, {e.numel}));
+  }
+  r.grad_norm = std::sqrt(all_reduce_sum(pp_, sumsq));
   r.lr = cfg_.lr.at(iteration);
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
@@ -316,7 +329,11 @@ void Trainer::save(int64_t iteration) {
   const auto t0 = std::chrono::steady_clock::now();
   if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
   world.barrier();
-  if (dp_.rank() == 0) write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, optimizer_.get());
+  if (dp_.rank() == 0) {
+    std::vector<std::string> skip;
+    if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
+    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, optimizer_.get(), skip);
+  }
   world.barrier();
   if (grid_.world_rank() == 0) {
     CheckpointContents c;

@@ -45,8 +45,6 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, Pipel
   if (stage_.num_layers < 0) stage_.num_layers = cfg_.num_layers - stage_.first_layer;
   if (stage_.first_layer < 0 || stage_.first_layer + stage_.num_layers > cfg_.num_layers)
     throw std::invalid_argument("pipeline stage layers out of range");
-  if (cfg_.tie_embeddings && !(stage_.first && stage_.last))
-    throw std::invalid_argument("--tie-embeddings with --pipeline-model-parallel-size > 1 is not supported yet");
   // Registration order is the flat-buffer order: Hugging Face's parameter order.
   if (stage_.first)
     embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
@@ -55,8 +53,12 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, Pipel
     blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_));
   if (stage_.last) {
     final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
-    if (cfg_.tie_embeddings)
+    if (cfg_.tie_embeddings && embed_)
       lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
+    else if (cfg_.tie_embeddings)  // the last of several stages keeps its own copy, kept equal
+      lm_head_ = std::make_unique<Linear>(      // through the embedding group (same name, same init)
+          store_, std::vector<std::pair<std::string, int64_t>>{{"model.embed_tokens.weight", cfg_.vocab_size}},
+          cfg_.hidden_size, cfg_.init_std);
     else
       lm_head_ = std::make_unique<Linear>(
           store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,

@@ -295,3 +295,34 @@ TEST_F(TrainTool, PipelineParallelRunEqualsOneProcessAndReshardsOnLoad) {
     EXPECT_NEAR(d.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(), 1e-6 * a.at(it)["lm_loss"].get<double>());
   }
 }
+
+TEST_F(TrainTool, TiedEmbeddingsAcrossPipelineStagesStayOneWeight) {
+  TempDir run;
+  // The first stage looks tokens up in the embedding, the last projects onto it:
+  // their gradient halves are summed over the embedding group every step.
+  const std::string flags = data_flags() +
+                            " --num-layers 3 --hidden-size 64 --num-attention-heads 4 --seq-length 32"
+                            " --micro-batch-size 2 --global-batch-size 8 --train-iters 5 --lr 3e-3 --log-interval 1"
+                            " --eval-iters 4 --tie-embeddings";
+  auto one = run_tool("OMP_NUM_THREADS=1 " + bin("llm-train") + flags + " --metrics-file " + (run / "one.jsonl"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  auto two = run_tool(mpiexec(2) + bin("llm-train") + flags + " --pipeline-model-parallel-size 2 --save " + (run / "ck") +
+                      " --metrics-file " + (run / "two.jsonl"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  const auto a = iterations(run / "one.jsonl"), b = iterations(run / "two.jsonl");
+  ASSERT_EQ(b.size(), 5u) << two.output;
+  for (int64_t it = 1; it <= 5; ++it) {
+    EXPECT_NEAR(b.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(), 1e-6 * a.at(it)["lm_loss"].get<double>());
+    EXPECT_NEAR(b.at(it)["grad_norm"].get<double>(), a.at(it)["grad_norm"].get<double>(),
+                1e-6 * a.at(it)["grad_norm"].get<double>()) << "the shared weight's gradient is counted once";
+  }
+  // One copy in the checkpoint, which a single process evaluates.
+  std::ifstream in(run / "ck/iter_0000005/manifest.json");
+  int params = 0;
+  for (const auto& t : nlohmann::json::parse(in)["tensors"])
+    if (t["name"] == "model.embed_tokens.weight" && t["kind"] == "param") ++params;
+  EXPECT_EQ(params, 1);
+  auto ev = run_tool(bin("llm-eval") + " --load " + (run / "ck") + " --data-path " + (*dir_ / "gpl") + " --eval-samples 4",
+                     /*stdout_only=*/true);
+  EXPECT_EQ(ev.exit_code, 0) << ev.output;
+}
