@@ -319,7 +319,8 @@ TEST_F(TrainTool, TiedEmbeddingsAcrossPipelineStagesStayOneWeight) {
   // One copy in the checkpoint, which a single process evaluates.
   std::ifstream in(run / "ck/iter_0000005/manifest.json");
   int params = 0;
-  for (const auto& t : nlohmann::json::parse(in)["tensors"])
+  const nlohmann::json manifest = nlohmann::json::parse(in);  // kept alive for the loop
+  for (const auto& t : manifest["tensors"])
     if (t["name"] == "model.embed_tokens.weight" && t["kind"] == "param") ++params;
   EXPECT_EQ(params, 1);
   auto ev = run_tool(bin("llm-eval") + " --load " + (run / "ck") + " --data-path " + (*dir_ / "gpl") + " --eval-samples 4",
