@@ -179,6 +179,9 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   PipelineStep step;
   step.activation_shape = {micro * S, cfg_.model.hidden_size};
   step.forward = [&](int64_t m, const Tensor& input) {
+    // Micro-batch m of every rank together reads samples [m·micro·dp, (m+1)·micro·dp)
+    // of the global batch, rank r the r-th micro-batch of them: the union over
+    // ranks and micro-batches is exactly the global batch one process would read.
     sampler_->fill(consumed_samples_ + (m * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
     model_->set_batch(ctx, batch_tokens_.data(), micro, S);
@@ -188,6 +191,9 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   };
   step.backward = [&](int64_t m, const Tensor& grad_output) {
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
+    // summing the ranks' gradients then gives the gradient of the global mean.
+    // The last micro-batch's backward starts the data-parallel buckets as it goes.
     std::function<void(int64_t)> on_final;
     if (buckets_ && m + 1 == steps) on_final = [&](int64_t offset) { buckets_->grads_final_from(offset); };
     model_->backward(ctx, 1.0 / tokens_in_batch, on_final, grad_output.defined() ? &grad_output : nullptr);
@@ -207,33 +213,15 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   StepResult r;
   double loss_sum = 0.0;
   batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
-  if (pp_.size() > 1) {
-    loss_sum = run_pipelined_step(steps, tokens_in_batch);
-  } else {
-    for (int64_t k = 0; k < steps; ++k) {
-      // Step k of every rank together reads samples [k·micro·dp, (k+1)·micro·dp) of
-      // the global batch, rank r the r-th micro-batch of them: the union over ranks
-      // and steps is exactly the global batch one process would read.
-      sampler_->fill(consumed_samples_ + (k * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
-      MicrobatchContext ctx;
-      model_->set_batch(ctx, batch_tokens_.data(), micro, S);
-      loss_sum += model_->forward(ctx);
-      // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
-      // summing the ranks' gradients then gives the gradient of the global mean.
-      const bool last = k + 1 == steps;
-      if (buckets_ && last)
-        model_->backward(ctx, 1.0 / tokens_in_batch, [&](int64_t offset) { buckets_->grads_final_from(offset); });
-      else
-        model_->backward(ctx, 1.0 / tokens_in_batch);
-    }
-  }
+  // With one stage the schedule is simply forward then backward per micro-batch.
+  loss_sum = run_pipelined_step(steps, tokens_in_batch);
   if (buckets_) buckets_->finish();
   // A tied embedding lives on the first and the last stage: sum the two halves
   // of its gradient (input lookup and output projection) so both copies agree.
   const bool tied_copy = tied_across_stages();
   if (tied_copy) {
-    Tensor g = model_->params().grad({model_->params().info("model.embed_tokens.weight").offset,
-                                      model_->params().info("model.embed_tokens.weight").shape});
+    const auto& e = model_->params().info("model.embed_tokens.weight");
+    Tensor g = model_->params().grads().flat_view(e.offset, e.shape);
     grid_.embedding().all_reduce(g, ReduceOp::Sum);
   }
   // The loss lives on the last stage; each parameter on exactly one stage.
