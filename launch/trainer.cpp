@@ -285,6 +285,7 @@ void Trainer::run_evaluation(int64_t iteration) {
   const double loss_sum = all_reduce_sum(dp_, all_reduce_sum(pp_, e.loss * static_cast<double>(e.tokens)));
   e.tokens = static_cast<int64_t>(all_reduce_sum(dp_, all_reduce_sum(pp_, static_cast<double>(e.tokens))));
   e.loss = e.tokens ? loss_sum / static_cast<double>(e.tokens) : 0.0;
+  release_host_cache();  // evaluation's block sizes do not recur in training
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double ppl = std::exp(e.loss);
   std::printf("-----------------------------------------------------------------------------\n"
