@@ -205,6 +205,32 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   return loss_sum;
 }
 
+// Per-parameter sums of squares, placed at their global position (stages hold
+// consecutive runs of the parameters, in stage order) and summed in that order:
+// the norm is the same bit for bit under any pipeline split.
+double Trainer::global_grad_norm_over_stages(bool tied_copy) {
+  std::vector<double> local = grad_sums_of_squares(model_->params());
+  if (tied_copy && grid_.is_last_stage()) {  // the shared embedding is counted once, on the first stage
+    const auto& infos = model_->params().infos();
+    for (size_t i = 0; i < infos.size(); ++i)
+      if (infos[i].name == "model.embed_tokens.weight") local[i] = 0.0;
+  }
+  if (pp_.size() == 1) return norm_of_sums(local);
+  Tensor mine = Tensor::empty({1}, DType::I32, MemoryCategory::Communication);
+  mine.data<int32_t>()[0] = static_cast<int32_t>(local.size());
+  Tensor counts = Tensor::empty({pp_.size()}, DType::I32, MemoryCategory::Communication);
+  pp_.all_gather(mine, counts);
+  int64_t offset = 0, total = 0;
+  for (int s = 0; s < pp_.size(); ++s) {
+    if (s < pp_.rank()) offset += counts.data<int32_t>()[s];
+    total += counts.data<int32_t>()[s];
+  }
+  Tensor all = Tensor::zeros({total}, DType::F64, MemoryCategory::Communication);
+  for (size_t i = 0; i < local.size(); ++i) all.data<double>()[offset + static_cast<int64_t>(i)] = local[i];
+  pp_.all_reduce(all, ReduceOp::Sum);  // one non-zero term per slot: exact
+  return norm_of_sums(std::vector<double>(all.data<double>(), all.data<double>() + total));
+}
+
 Trainer::StepResult Trainer::train_step(int64_t iteration) {
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
   const int64_t steps = cfg_.accumulation_steps_per_rank(dp);
@@ -226,12 +252,7 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   }
   // The loss lives on the last stage; each parameter on exactly one stage.
   r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
-  double sumsq = ops::sum_of_squares(model_->params().grads());
-  if (tied_copy && grid_.is_last_stage()) {  // counted once, on the first stage
-    const auto& e = model_->params().info("model.embed_tokens.weight");
-    sumsq -= ops::sum_of_squares(model_->params().grads().flat_view(e.offset, {e.numel}));
-  }
-  r.grad_norm = std::sqrt(all_reduce_sum(pp_, sumsq));
+  r.grad_norm = global_grad_norm_over_stages(tied_copy);
   r.lr = cfg_.lr.at(iteration);
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)

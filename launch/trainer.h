@@ -61,6 +61,7 @@ class Trainer {
   // Forward and backward of the step's micro-batches through the pipeline stages.
   double run_pipelined_step(int64_t steps, double tokens_in_batch);
   EvalResult evaluate_share(int64_t first, int64_t count);
+  double global_grad_norm_over_stages(bool tied_copy);
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
   TrainConfig cfg_;
   ProcessGrid& grid_;

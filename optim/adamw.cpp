@@ -34,7 +34,19 @@ void AdamW::step(double lr, double grad_scale) {
   }
 }
 
-double global_grad_norm(const ParameterStore& params) { return std::sqrt(ops::sum_of_squares(params.grads())); }
+double global_grad_norm(const ParameterStore& params) { return norm_of_sums(grad_sums_of_squares(params)); }
+
+std::vector<double> grad_sums_of_squares(const ParameterStore& params) {
+  std::vector<double> out;
+  for (const auto& p : params.infos()) out.push_back(ops::sum_of_squares(params.grads().flat_view(p.offset, {p.numel})));
+  return out;
+}
+
+double norm_of_sums(const std::vector<double>& sums_of_squares) {
+  double total = 0.0;
+  for (double s : sums_of_squares) total += s;
+  return std::sqrt(total);
+}
 
 double clip_coefficient(double grad_norm, double max_norm) {
   if (max_norm <= 0.0) return 1.0;

@@ -2,6 +2,7 @@
 // weights), with the gradient-clipping coefficient folded into the update.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -36,6 +37,11 @@ class AdamW {
 
 // Global L2 norm of all gradients (in double, deterministic).
 double global_grad_norm(const ParameterStore& params);
+// Each parameter's sum of squared gradients, in registration order. Summing
+// these in order gives the same norm under any pipeline split (a stage holds
+// a contiguous run of the parameters), bit for bit.
+std::vector<double> grad_sums_of_squares(const ParameterStore& params);
+double norm_of_sums(const std::vector<double>& sums_of_squares);
 // Multiplier that clips the global norm to max_norm (PyTorch's clip_grad_norm_: max/(norm+1e-6), at most 1).
 double clip_coefficient(double grad_norm, double max_norm);
 
