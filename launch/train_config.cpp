@@ -187,7 +187,9 @@ void validate(TrainConfig& c, int world) {
   need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
   need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
   need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
-  need(c.recompute_granularity.empty(), "--recompute-granularity is not supported yet: leave it unset");
+  need(c.recompute_granularity.empty() || c.recompute_granularity == "full" || c.recompute_granularity == "selective",
+       "--recompute-granularity '" + c.recompute_granularity + "': expected full or selective");
+  need(c.recompute_granularity != "selective", "--recompute-granularity selective is not supported yet: use full");
 
 }
 

@@ -90,6 +90,7 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
       cfg_.model, DType::F32, Device::cpu(),
       PipelineStage::split(cfg_.model.resolved().num_layers, grid.pp_rank(), grid.pp_size(), cfg_.first_stage_layers,
                            cfg_.last_stage_layers));
+  model_->set_recompute_full(cfg_.recompute_granularity == "full");
   optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
   if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
   if (!cfg_.load.empty()) {

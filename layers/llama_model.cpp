@@ -91,7 +91,16 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
     x = ctx.input_hidden;
   }
   ctx.blocks.assign(blocks_.size(), {});
-  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
+  ctx.block_inputs.assign(recompute_full_ ? blocks_.size() : 0, {});
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (recompute_full_) {
+      ctx.block_inputs[i] = x;
+      TransformerBlock::Saved scratch;  // dropped here, rebuilt in backward
+      x = blocks_[i]->forward(x, ctx.batch, ctx.seq, scratch);
+    } else {
+      x = blocks_[i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
+    }
+  }
   if (!lm_head_) {  // a stage before the last: the loss is computed downstream
     ctx.output_hidden = x;
     ctx.loss_sum = 0.0;
@@ -143,6 +152,10 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
     dx = grad_output->clone(MemoryCategory::Activations);
   }
   for (size_t i = blocks_.size(); i-- > 0;) {
+    if (recompute_full_) {
+      blocks_[i]->forward(ctx.block_inputs[i], ctx.batch, ctx.seq, ctx.blocks[i]);  // same kernels, same values
+      ctx.block_inputs[i] = Tensor();
+    }
     dx = blocks_[i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
     ctx.blocks[i] = {};  // release this block's activations
     final_from("model.layers." + std::to_string(stage_.first_layer + static_cast<int64_t>(i)) +

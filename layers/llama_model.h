@@ -35,6 +35,7 @@ struct MicrobatchContext {
   int64_t batch = 0, seq = 0;
   Tensor inputs, targets;  // I32 [batch·seq]
   std::vector<TransformerBlock::Saved> blocks;
+  std::vector<Tensor> block_inputs;  // with full recomputation: all that is kept per block
   RMSNorm::Saved final_norm;
   Tensor normed;  // final norm output [rows, hidden]
   Tensor logits;  // [rows, vocab]; replaced by its gradient in backward
@@ -51,6 +52,10 @@ class LlamaModel {
   LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu(),
              PipelineStage stage = {});
   const PipelineStage& stage() const { return stage_; }
+  // Full activation recomputation: forward keeps only each block's input and
+  // backward reruns the block's forward just before its backward (one extra
+  // forward of the blocks, Megatron's --recompute-granularity full).
+  void set_recompute_full(bool on) { recompute_full_ = on; }
   const ModelConfig& config() const { return cfg_; }
   ParameterStore& params() { return store_; }
   const ParameterStore& params() const { return store_; }
@@ -81,6 +86,7 @@ class LlamaModel {
  private:
   ModelConfig cfg_;
   PipelineStage stage_;
+  bool recompute_full_ = false;
   DType dtype_;
   Device device_;
   ParameterStore store_;

@@ -325,3 +325,34 @@ TEST_F(TrainTool, TiedEmbeddingsAcrossPipelineStagesStayOneWeight) {
                      /*stdout_only=*/true);
   EXPECT_EQ(ev.exit_code, 0) << ev.output;
 }
+
+TEST_F(TrainTool, FullRecomputationGivesTheSameRunWithLessActivationMemory) {
+  TempDir run;
+  // Peak bytes of live activations, from the allocator's report at the end of a run.
+  auto activation_peak = [](const std::string& out) {
+    const auto at = out.find("\nactivations ");
+    const auto peak = out.find("(peak ", at);
+    if (at == std::string::npos || peak == std::string::npos) return -1.0;
+    const double v = std::stod(out.substr(peak + 6));
+    const std::string unit = out.substr(out.find(' ', peak + 6) + 1, 3);
+    return v * (unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
+  };
+  const std::string common = " --train-iters 4 --lr 3e-3 --log-interval 1 --eval-iters 0";
+  auto plain = train(common + " --metrics-file " + (run / "plain.jsonl"));
+  auto recompute = train(common + " --recompute-granularity full --metrics-file " + (run / "recompute.jsonl"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(recompute.exit_code, 0) << recompute.output;
+  const auto a = iterations(run / "plain.jsonl"), b = iterations(run / "recompute.jsonl");
+  ASSERT_EQ(a.size(), 4u);
+  for (int64_t it = 1; it <= 4; ++it) {
+    EXPECT_EQ(a.at(it)["lm_loss"].get<double>(), b.at(it)["lm_loss"].get<double>()) << it;
+    EXPECT_EQ(a.at(it)["grad_norm"].get<double>(), b.at(it)["grad_norm"].get<double>()) << it;
+  }
+  const double pa = activation_peak(plain.output), pb = activation_peak(recompute.output);
+  ASSERT_GT(pa, 0) << plain.output;
+  ASSERT_GT(pb, 0) << recompute.output;
+  EXPECT_LT(pb, 0.75 * pa) << "recomputation should keep far fewer activations";
+  auto selective = train(common + " --recompute-granularity selective");
+  EXPECT_NE(selective.exit_code, 0);
+  EXPECT_NE(selective.output.find("selective is not supported yet"), std::string::npos) << selective.output;
+}
