@@ -120,25 +120,27 @@ static void check_qkv(const char* op, const Tensor& qkv, const QkvLayout& l) {
   expect_numel(op, "qkv", qkv, l.batch * l.seq * l.row_stride());
 }
 
-void rope_forward(Tensor& qkv, const QkvLayout& l, int64_t pos_offset, double theta) {
-  check_qkv("rope_forward", qkv, l);
-  dispatch("rope_forward", qkv, [&](auto z) {
+// Applies a rope kernel to the q heads and then the k heads of a fused qkv buffer.
+template <class Kernel>
+static void rope_qk(const char* op, Tensor& qkv, const QkvLayout& l, Kernel&& kernel) {
+  check_qkv(op, qkv, l);
+  dispatch(op, qkv, [&](auto z) {
     using T = decltype(z);
     T* q = qkv.data<T>();
-    cpu::rope_forward<T>(q, l.row_stride(), l.batch, l.seq, l.heads, l.head_dim, pos_offset, theta);
-    cpu::rope_forward<T>(q + l.heads * l.head_dim, l.row_stride(), l.batch, l.seq, l.groups,
-                         l.head_dim, pos_offset, theta);
+    kernel(q, l.heads);
+    kernel(q + l.heads * l.head_dim, l.groups);
+  });
+}
+
+void rope_forward(Tensor& qkv, const QkvLayout& l, int64_t pos_offset, double theta) {
+  rope_qk("rope_forward", qkv, l, [&](auto* x, int64_t heads) {
+    cpu::rope_forward(x, l.row_stride(), l.batch, l.seq, heads, l.head_dim, pos_offset, theta);
   });
 }
 
 void rope_backward(Tensor& dqkv, const QkvLayout& l, int64_t pos_offset, double theta) {
-  check_qkv("rope_backward", dqkv, l);
-  dispatch("rope_backward", dqkv, [&](auto z) {
-    using T = decltype(z);
-    T* q = dqkv.data<T>();
-    cpu::rope_backward<T>(q, l.row_stride(), l.batch, l.seq, l.heads, l.head_dim, pos_offset, theta);
-    cpu::rope_backward<T>(q + l.heads * l.head_dim, l.row_stride(), l.batch, l.seq, l.groups,
-                          l.head_dim, pos_offset, theta);
+  rope_qk("rope_backward", dqkv, l, [&](auto* x, int64_t heads) {
+    cpu::rope_backward(x, l.row_stride(), l.batch, l.seq, heads, l.head_dim, pos_offset, theta);
   });
 }
 

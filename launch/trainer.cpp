@@ -217,19 +217,20 @@ double Trainer::global_grad_norm_over_stages(bool tied_copy) {
       if (infos[i].name == "model.embed_tokens.weight") local[i] = 0.0;
   }
   if (pp_.size() == 1) return norm_of_sums(local);
-  Tensor mine = Tensor::empty({1}, DType::I32, MemoryCategory::Communication);
-  mine.data<int32_t>()[0] = static_cast<int32_t>(local.size());
-  Tensor counts = Tensor::empty({pp_.size()}, DType::I32, MemoryCategory::Communication);
-  pp_.all_gather(mine, counts);
-  int64_t offset = 0, total = 0;
-  for (int s = 0; s < pp_.size(); ++s) {
-    if (s < pp_.rank()) offset += counts.data<int32_t>()[s];
-    total += counts.data<int32_t>()[s];
+  if (norm_slots_total_ == 0) {  // where this stage's parameters sit in the global order: asked once
+    Tensor mine = Tensor::empty({1}, DType::I32, MemoryCategory::Communication);
+    mine.data<int32_t>()[0] = static_cast<int32_t>(local.size());
+    Tensor counts = Tensor::empty({pp_.size()}, DType::I32, MemoryCategory::Communication);
+    pp_.all_gather(mine, counts);
+    for (int s = 0; s < pp_.size(); ++s) {
+      if (s < pp_.rank()) norm_slots_offset_ += counts.data<int32_t>()[s];
+      norm_slots_total_ += counts.data<int32_t>()[s];
+    }
   }
-  Tensor all = Tensor::zeros({total}, DType::F64, MemoryCategory::Communication);
-  for (size_t i = 0; i < local.size(); ++i) all.data<double>()[offset + static_cast<int64_t>(i)] = local[i];
+  Tensor all = Tensor::zeros({norm_slots_total_}, DType::F64, MemoryCategory::Communication);
+  for (size_t i = 0; i < local.size(); ++i) all.data<double>()[norm_slots_offset_ + static_cast<int64_t>(i)] = local[i];
   pp_.all_reduce(all, ReduceOp::Sum);  // one non-zero term per slot: exact
-  return norm_of_sums(std::vector<double>(all.data<double>(), all.data<double>() + total));
+  return norm_of_sums(std::vector<double>(all.data<double>(), all.data<double>() + norm_slots_total_));
 }
 
 Trainer::StepResult Trainer::train_step(int64_t iteration) {

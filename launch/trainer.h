@@ -62,6 +62,7 @@ class Trainer {
   double run_pipelined_step(int64_t steps, double tokens_in_batch);
   EvalResult evaluate_share(int64_t first, int64_t count);
   double global_grad_norm_over_stages(bool tied_copy);
+  int64_t norm_slots_offset_ = 0, norm_slots_total_ = 0;  // this stage's parameters in the global order
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
   TrainConfig cfg_;
   ProcessGrid& grid_;
