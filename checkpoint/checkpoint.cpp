@@ -1,9 +1,11 @@
 #include "checkpoint/checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -66,23 +68,34 @@ void prepare_checkpoint_dir(const std::string& root, int64_t iteration) {
   fs::create_directories(tmp_dir);
 }
 
-void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
+// A parameter's full shape and its part's offset in it (defaults for stores
+// that never set them: the whole tensor).
+static Shape full_shape_of(const ParameterInfo& p) {
+  return p.full_shape.size() == p.shape.size() ? p.full_shape : p.shape;
+}
+static std::vector<int64_t> full_offset_of(const ParameterInfo& p) {
+  return p.full_offset.size() == p.shape.size() ? p.full_offset : std::vector<int64_t>(p.shape.size(), 0);
+}
+
+void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const ParameterStore& ps,
                             const AdamW* optimizer, const std::vector<std::string>& skip) {
+  if (optimizer && (optimizer->exp_avg().numel() != ps.numel() || optimizer->exp_avg_sq().numel() != ps.numel()))
+    throw std::logic_error("write_checkpoint_shard: the optimizer state is not laid out like the parameters");
   const fs::path tmp_dir = tmp_dir_of(root, iteration);
   const std::string file = shard_name(shard_rank);
   nlohmann::json tensors = nlohmann::json::array();
   SafetensorsWriter shard;
-  const ParameterStore& ps = model.params();
   auto add = [&](const std::string& kind, const std::string& key_prefix, const Tensor& flat) {
     for (const auto& p : ps.infos()) {
       if (std::find(skip.begin(), skip.end(), p.name) != skip.end()) continue;
       const std::string key = key_prefix + p.name;
       shard.add(key, flat.flat_view(p.offset, p.shape));
-      tensors.push_back({{"name", p.name},
-                         {"kind", kind},
-                         {"shape", p.shape},
-                         {"dtype", dtype_name(flat.dtype())},
-                         {"slices", {{{"file", file}, {"key", key}, {"begin", 0}, {"end", p.numel}}}}});
+      tensors.push_back(
+          {{"name", p.name},
+           {"kind", kind},
+           {"shape", full_shape_of(p)},
+           {"dtype", dtype_name(flat.dtype())},
+           {"slices", {{{"file", file}, {"key", key}, {"offset", full_offset_of(p)}, {"shape", p.shape}}}}});
     }
   };
   add("param", "", ps.values());
@@ -98,6 +111,80 @@ void write_checkpoint_shard(const std::string& root, int64_t iteration, int shar
   write_file_atomic((tmp_dir / (file + ".part.json")).string(), part.dump());
 }
 
+void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
+                            const AdamW* optimizer, const std::vector<std::string>& skip) {
+  write_checkpoint_shard(root, iteration, shard_rank, model.params(), optimizer, skip);
+}
+
+// A box [offset, offset + shape) of an n-dimensional tensor.
+struct Box {
+  std::vector<int64_t> offset;
+  Shape shape;
+  int64_t numel() const { return shape_numel(shape); }
+  bool operator==(const Box&) const = default;
+};
+
+static std::string box_str(const Box& b) {
+  std::string s = "[";
+  for (size_t d = 0; d < b.shape.size(); ++d)
+    s += (d ? ", " : "") + std::to_string(b.offset[d]) + ":" + std::to_string(b.offset[d] + b.shape[d]);
+  return s + "]";
+}
+
+// The intersection of two boxes of the same rank; empty if any extent is 0.
+static std::optional<Box> intersect(const Box& a, const Box& b) {
+  Box r;
+  for (size_t d = 0; d < a.shape.size(); ++d) {
+    const int64_t lo = std::max(a.offset[d], b.offset[d]);
+    const int64_t hi = std::min(a.offset[d] + a.shape[d], b.offset[d] + b.shape[d]);
+    if (hi <= lo) return std::nullopt;
+    r.offset.push_back(lo);
+    r.shape.push_back(hi - lo);
+  }
+  return r;
+}
+
+// `parts` (each inside `target`) must cover every element of `target` exactly once.
+static void check_cover(const std::string& name, const std::vector<Box>& parts, const Box& target,
+                        const std::string& what) {
+  int64_t covered = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    for (size_t j = 0; j < i; ++j)
+      if (auto o = intersect(parts[i], parts[j]))
+        throw std::runtime_error("the slices of '" + name + "' overlap at " + box_str(*o) + " (" + what + " " +
+                                 box_str(target) + ")");
+    covered += parts[i].numel();
+  }
+  if (covered != target.numel())
+    throw std::runtime_error("the slices of '" + name + "' leave a gap: they cover " + std::to_string(covered) +
+                             " of the " + std::to_string(target.numel()) + " elements of " + what + " " +
+                             box_str(target));
+}
+
+// Reads a JSON array of integers, refusing floats and other types.
+static std::vector<int64_t> json_ints(const nlohmann::json& j, const char* key) {
+  const auto& v = j.at(key);
+  if (!v.is_array()) throw std::runtime_error(std::string("'") + key + "' must be an array of integers");
+  std::vector<int64_t> r;
+  for (const auto& x : v) {
+    if (!x.is_number_integer()) throw std::runtime_error(std::string("'") + key + "' must be an array of integers");
+    r.push_back(x.get<int64_t>());
+  }
+  return r;
+}
+
+// A version-2 slice's box, checked to lie inside the full tensor.
+static Box slice_box(const nlohmann::json& s, const Shape& full, const std::string& name) {
+  Box b{json_ints(s, "offset"), json_ints(s, "shape")};
+  bool ok = b.offset.size() == full.size() && b.shape.size() == full.size();
+  for (size_t d = 0; ok && d < full.size(); ++d)
+    ok = b.offset[d] >= 0 && b.shape[d] >= 0 && b.offset[d] <= full[d] - b.shape[d];
+  if (!ok)
+    throw std::runtime_error("slice at offset " + s.at("offset").dump() + " with shape " + s.at("shape").dump() +
+                             " of '" + name + "' lies outside its full shape " + shape_str(full));
+  return b;
+}
+
 std::string commit_checkpoint(const std::string& root, const CheckpointContents& c) {
   const std::string name = iteration_dir_name(c.state.iteration);
   const fs::path final_dir = fs::path(root) / name, tmp_dir = tmp_dir_of(root, c.state.iteration);
@@ -107,18 +194,57 @@ std::string commit_checkpoint(const std::string& root, const CheckpointContents&
     if (e.path().filename().string().ends_with(".part.json")) parts.push_back(e.path());
   std::sort(parts.begin(), parts.end());
   if (parts.empty()) throw std::runtime_error("checkpoint " + tmp_dir.string() + ": no shard was written");
+  // Tensor-parallel writers each hold a part of a tensor: one entry per
+  // (name, kind), listing every writer's slices.
+  std::map<std::pair<std::string, std::string>, size_t> entry_of;
+  std::vector<std::string> first_part;  // the part that introduced each entry
   for (const auto& part : parts) {
     const nlohmann::json j = nlohmann::json::parse(read_text(part.string()));
-    for (const auto& t : j.at("tensors")) tensors.push_back(t);
+    for (const auto& t : j.at("tensors")) {
+      const std::string tname = t.at("name"), kind = t.at("kind");
+      auto [it, fresh] = entry_of.try_emplace({tname, kind}, tensors.size());
+      if (fresh) {
+        tensors.push_back(t);
+        first_part.push_back(part.filename().string());
+        continue;
+      }
+      auto& e = tensors[it->second];
+      if (e.at("shape") != t.at("shape") || e.at("dtype") != t.at("dtype"))
+        throw std::runtime_error("checkpoint " + tmp_dir.string() + ": the writers disagree on " + kind + " '" + tname +
+                                 "': " + first_part[it->second] + " has full shape " + e.at("shape").dump() + " " +
+                                 e.at("dtype").get<std::string>() + ", " + part.filename().string() + " has " +
+                                 t.at("shape").dump() + " " + t.at("dtype").get<std::string>());
+      for (const auto& sl : t.at("slices")) e["slices"].push_back(sl);
+    }
     for (const auto& [f, info] : j.at("files").items()) files[f] = info;
-    fs::remove(part);
   }
+  // Every box of every tensor saved exactly once (a replicated tensor written
+  // by two tensor-parallel ranks, or a missing part, is caught here rather
+  // than at load time).
+  for (const auto& t : tensors) {
+    const std::string tname = t.at("name");
+    const Box full{std::vector<int64_t>(t.at("shape").size(), 0), t.at("shape").get<Shape>()};
+    std::vector<Box> boxes;
+    try {
+      for (const auto& sl : t.at("slices")) {
+        Box b = slice_box(sl, full.shape, tname);  // written by this build: always boxes
+        if (b.numel() > 0) boxes.push_back(std::move(b));
+      }
+      check_cover(tname, boxes, full, "the full tensor");
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error("checkpoint " + tmp_dir.string() + ": " + t.at("kind").get<std::string>() + " " +
+                               e.what());
+    }
+  }
+  for (const auto& part : parts) fs::remove(part);
   if (!c.tokenizer_model.empty()) {
     fs::copy_file(c.tokenizer_model, tmp_dir / "tokenizer.model", fs::copy_options::overwrite_existing);
     fsync_path((tmp_dir / "tokenizer.model").string());
     files["tokenizer.model"] = {{"bytes", fs::file_size(tmp_dir / "tokenizer.model")},
                                 {"xxh64", xxhash64_file((tmp_dir / "tokenizer.model").string())}};
   }
+  if (!c.model && !c.config) throw std::logic_error("commit_checkpoint: neither a model nor a model config");
+  const ModelConfig config = c.model ? c.model->config() : *c.config;
   nlohmann::json optimizer = nullptr;
   if (c.optimizer)
     optimizer = {{"type", "adamw"},
@@ -129,7 +255,7 @@ std::string commit_checkpoint(const std::string& root, const CheckpointContents&
                  {"weight_decay", c.optimizer->config().weight_decay}};
   nlohmann::json manifest = {{"format", "llm-checkpoint"},
                              {"format_version", kCheckpointFormatVersion},
-                             {"model", c.model->config()},
+                             {"model", config},
                              {"layout", c.layout},
                              {"tensors", tensors},
                              {"files", files},
@@ -217,8 +343,6 @@ CheckpointOnDisk open_checkpoint(const std::string& path) {
   return ck;
 }
 
-// Fills `flat` (a flat buffer laid out like the model's parameters) from the
-// manifest entries of one kind.
 // Reads a JSON integer, refusing floats and other types (a float would convert with UB).
 static int64_t json_int(const nlohmann::json& j, const char* key) {
   const auto& v = j.at(key);
@@ -226,14 +350,97 @@ static int64_t json_int(const nlohmann::json& j, const char* key) {
   return v.get<int64_t>();
 }
 
-// Fills `flat` (a flat buffer laid out like the model's parameters) from the
-// manifest entries of one kind. Every slice must come from a file the manifest
-// lists (and so was checksummed), and the slices of a tensor must cover each
-// of its elements exactly once.
+static Shape row_major_strides(const Shape& shape) {
+  Shape st(shape.size(), 1);
+  for (size_t d = shape.size(); d-- > 1;) st[d - 1] = st[d] * shape[d];
+  return st;
+}
+
+// A part of a slice's data that is a box of the full tensor: its elements sit
+// row-major from element `data_offset` of the slice's data. A version-2 slice
+// is one piece; a version-1 flat range [begin, end) is split into boxes that
+// are contiguous in the full tensor.
+struct Piece {
+  Box box;
+  int64_t data_offset = 0;
+};
+
+static void split_flat_range(const Shape& full, const Shape& strides, size_t d, std::vector<int64_t>& prefix,
+                             int64_t lo, int64_t hi, int64_t base, int64_t begin, std::vector<Piece>& out) {
+  // [lo, hi): flat offsets within the sub-tensor of dims d.. at `prefix`, whose first element is `base`.
+  auto emit = [&](int64_t i0, int64_t i1) {  // indices [i0, i1) along d, the dims after it whole
+    Piece p;
+    p.box.offset = prefix;
+    p.box.offset.push_back(i0);
+    p.box.shape.assign(prefix.size(), 1);
+    p.box.shape.push_back(i1 - i0);
+    for (size_t e = d + 1; e < full.size(); ++e) {
+      p.box.offset.push_back(0);
+      p.box.shape.push_back(full[e]);
+    }
+    p.data_offset = base + i0 * strides[d] - begin;
+    out.push_back(std::move(p));
+  };
+  const int64_t s = strides[d];
+  if (lo % s == 0 && hi % s == 0) return emit(lo / s, hi / s);
+  const int64_t i0 = lo / s, i1 = (hi - 1) / s;
+  auto recurse = [&](int64_t i, int64_t l, int64_t h) {
+    prefix.push_back(i);
+    split_flat_range(full, strides, d + 1, prefix, l, h, base + i * s, begin, out);
+    prefix.pop_back();
+  };
+  if (i0 == i1) return recurse(i0, lo - i0 * s, hi - i0 * s);
+  int64_t a = i0, b = i1 + 1;
+  if (lo % s != 0) {  // the partial first row
+    recurse(i0, lo % s, s);
+    a = i0 + 1;
+  }
+  if (hi % s != 0) {  // the partial last row
+    recurse(i1, 0, hi % s);
+    b = i1;
+  }
+  if (a < b) emit(a, b);
+}
+
+// Copies the elements of `inter` from `src` (laid out row-major as src_box)
+// to `dst` (laid out as dst_box); inter lies inside both.
+static void copy_box(const char* src, const Box& src_box, char* dst, const Box& dst_box, const Box& inter,
+                     size_t elem) {
+  const size_t n = inter.shape.size();
+  if (n == 0) {
+    std::memcpy(dst, src, elem);
+    return;
+  }
+  const Shape ss = row_major_strides(src_box.shape), ds = row_major_strides(dst_box.shape);
+  const size_t run = static_cast<size_t>(inter.shape[n - 1]) * elem;
+  std::vector<int64_t> idx(n, 0);  // position within inter; the last dimension is copied as one run
+  while (true) {
+    int64_t so = 0, dso = 0;
+    for (size_t d = 0; d < n; ++d) {
+      so += (inter.offset[d] + idx[d] - src_box.offset[d]) * ss[d];
+      dso += (inter.offset[d] + idx[d] - dst_box.offset[d]) * ds[d];
+    }
+    std::memcpy(dst + dso * elem, src + so * elem, run);
+    size_t d = n - 1;
+    while (d-- > 0) {
+      if (++idx[d] < inter.shape[d]) break;
+      idx[d] = 0;
+    }
+    if (d == static_cast<size_t>(-1)) return;
+  }
+}
+
+// Fills `flat` (a flat buffer laid out like the store's parameters) from the
+// manifest entries of one kind: each parameter's part (the box [full_offset,
+// full_offset + shape) of its full tensor) from the slices that intersect it.
+// Every slice must come from a file the manifest lists (and so was
+// checksummed), and the slices that meet a part must cover each of its
+// elements exactly once. Only the slices that meet a part are read.
 static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, const std::string& kind, Tensor& flat) {
   const std::string mpath = (fs::path(ck.dir) / "manifest.json").string();
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;
   std::map<std::string, const nlohmann::json*> by_name;
+  const size_t elem = dtype_size(flat.dtype());
   try {
     for (const auto& t : ck.manifest.at("tensors"))
       if (t.at("kind") == kind) by_name[t.at("name").get<std::string>()] = &t;
@@ -243,35 +450,76 @@ static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, cons
       if (it == by_name.end())
         throw std::runtime_error("has no " + kind + " for '" + p.name + "': it was saved from a different model");
       const auto& t = *it->second;
-      if (t.at("shape").get<Shape>() != p.shape)
-        throw std::runtime_error("'" + p.name + "' has shape " + shape_str(t.at("shape").get<Shape>()) +
-                                 ", the model expects " + shape_str(p.shape));
-      std::vector<std::pair<int64_t, int64_t>> ranges;
+      const Shape full = full_shape_of(p);
+      const Shape saved = json_ints(t, "shape");
+      if (saved != full)
+        throw std::runtime_error("'" + p.name + "' has shape " + shape_str(saved) + ", the model expects " +
+                                 shape_str(full) + (full == p.shape ? "" : " (the full tensor)"));
+      const Box local{full_offset_of(p), p.shape};
+      const Shape strides = row_major_strides(full);
+
+      // Each slice's pieces that meet the local part, and what they cover of it.
+      struct Hit {
+        const nlohmann::json* slice;
+        Shape data_shape;  // how the slice's data is stored
+        std::vector<std::pair<Piece, Box>> pieces;  // piece, its intersection with `local`
+      };
+      std::vector<Hit> hits;
+      std::vector<Box> covered;
       for (const auto& s : t.at("slices")) {
         const std::string file = s.at("file");
         if (!files.contains(file))
           throw std::runtime_error("slice of '" + p.name + "' names file '" + file + "', which 'files' does not list");
-        const int64_t begin = json_int(s, "begin"), end = json_int(s, "end");
-        if (begin < 0 || end > p.numel || begin > end)
-          throw std::runtime_error("slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") of '" + p.name +
-                                   "' lies outside its " + std::to_string(p.numel) + " elements");
-        ranges.emplace_back(begin, end);
+        std::vector<Piece> pieces;
+        Hit h{&s, {}, {}};
+        if (s.contains("begin") || s.contains("end")) {  // format version 1: a flat range of the full tensor
+          const int64_t begin = json_int(s, "begin"), end = json_int(s, "end"), n = shape_numel(full);
+          if (begin < 0 || end > n || begin > end)
+            throw std::runtime_error("slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") of '" +
+                                     p.name + "' lies outside its " + std::to_string(n) + " elements");
+          h.data_shape = {end - begin};
+          if (begin < end) {
+            if (full.empty()) {
+              pieces.push_back({Box{}, 0});
+            } else {
+              std::vector<int64_t> prefix;
+              split_flat_range(full, strides, 0, prefix, begin, end, 0, begin, pieces);
+            }
+          }
+        } else {
+          Box b = slice_box(s, full, p.name);
+          h.data_shape = b.shape;
+          if (b.numel() > 0) pieces.push_back({std::move(b), 0});
+        }
+        for (auto& pc : pieces)
+          if (auto in = intersect(pc.box, local)) {
+            covered.push_back(*in);
+            h.pieces.emplace_back(std::move(pc), std::move(*in));
+          }
+        if (!h.pieces.empty()) hits.push_back(std::move(h));
+      }
+      check_cover(p.name, covered, local, full == p.shape ? "the tensor" : "the part");
+
+      // Read: straight into place when a slice is exactly the local part.
+      Tensor dst = flat.flat_view(p.offset, p.shape);
+      Tensor host = flat.device().is_cpu() ? dst : Tensor::empty(p.shape, flat.dtype(), MemoryCategory::Workspace);
+      for (const auto& h : hits) {
+        const std::string file = h.slice->at("file"), key = h.slice->at("key");
         auto& r = readers[file];
         if (!r) r = std::make_unique<SafetensorsReader>((fs::path(ck.dir) / file).string());
-        Tensor dst = flat.flat_view(p.offset + begin, {end - begin});
-        r->read_into(s.at("key").get<std::string>(), dst);
+        const auto& [piece, in] = h.pieces.front();
+        if (h.pieces.size() == 1 && piece.box == local && piece.data_offset == 0 &&
+            shape_numel(h.data_shape) == local.numel()) {
+          r->read_into(key, host);
+          continue;
+        }
+        Tensor tmp = Tensor::empty(h.data_shape, flat.dtype(), MemoryCategory::Workspace);
+        r->read_into(key, tmp);
+        for (const auto& [pc, inter] : h.pieces)
+          copy_box(static_cast<const char*>(tmp.raw()) + pc.data_offset * static_cast<int64_t>(elem), pc.box,
+                   static_cast<char*>(host.raw()), local, inter, elem);
       }
-      std::sort(ranges.begin(), ranges.end());
-      int64_t covered = 0;
-      for (const auto& [b, e] : ranges) {
-        if (b != covered)
-          throw std::runtime_error("the slices of '" + p.name + "' " + (b < covered ? "overlap" : "leave a gap") +
-                                   " at element " + std::to_string(std::min(b, covered)));
-        covered = e;
-      }
-      if (covered != p.numel)
-        throw std::runtime_error("the slices of '" + p.name + "' cover " + std::to_string(covered) + " of its " +
-                                 std::to_string(p.numel) + " elements");
+      if (!flat.device().is_cpu()) dst.copy_from(host);
     }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error("'" + mpath + "': invalid tensor entry: " + e.what());
@@ -280,9 +528,11 @@ static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, cons
   }
 }
 
-void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) {
-  load_kind(ck, model.params(), "param", model.params().values());
+void load_parameters(const CheckpointOnDisk& ck, ParameterStore& params) {
+  load_kind(ck, params, "param", params.values());
 }
+
+void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) { load_parameters(ck, model.params()); }
 
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt) {
   if (ck.manifest.at("optimizer").is_null())

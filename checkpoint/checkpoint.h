@@ -7,13 +7,20 @@
 //
 // The manifest holds the format version, the model config, the layout it was
 // saved under, every global tensor with the slice of it each shard file holds,
-// an xxHash64 per file, and the full training state. Each shard entry names a
-// global tensor and the [begin, end) of its flat elements that the file holds,
-// so a later, sharded writer can save slices and a loader can reassemble them
-// under another layout. A save writes into iter_N.tmp/, fsyncs, renames it,
+// an xxHash64 per file, and the full training state. Each tensor entry
+//
+//   {"name", "kind": "param"|"exp_avg"|"exp_avg_sq", "shape": FULL shape, "dtype",
+//    "slices": [{"file", "key", "offset": [...], "shape": [...]}, ...]}
+//
+// lists the boxes [offset, offset + shape) of the full tensor that the shard
+// files hold (one per tensor-parallel part; a whole tensor is one box at
+// zero), so a loader can reassemble any other layout's parts from them.
+// Version 1 slices were flat ranges {"begin", "end"} of the full tensor's
+// elements; they are still read. A save writes into iter_N.tmp/, fsyncs, renames it,
 // then replaces `latest` atomically: a crash leaves the previous one loadable.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,7 +31,7 @@
 
 namespace llm {
 
-constexpr int kCheckpointFormatVersion = 1;
+constexpr int kCheckpointFormatVersion = 2;
 
 struct TrainingState {
   int64_t iteration = 0;
@@ -38,7 +45,8 @@ void to_json(nlohmann::json& j, const TrainingState& s);
 void from_json(const nlohmann::json& j, TrainingState& s);
 
 struct CheckpointContents {
-  const LlamaModel* model = nullptr;
+  const LlamaModel* model = nullptr;  // gives the model config (or set `config`)
+  std::optional<ModelConfig> config;  // used when model is null
   const AdamW* optimizer = nullptr;  // optional
   TrainingState state;
   nlohmann::json layout;  // {"tensor_parallel", "pipeline_parallel", "data_parallel", "zero_stage", "dtype"}
@@ -55,9 +63,19 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
 // shard) writes shard_r<rank>.safetensors and its part of the manifest; after
 // all have written, one rank merges the parts into manifest.json and commits.
 void prepare_checkpoint_dir(const std::string& root, int64_t iteration);
-// skip: parameters another writer saves (a tied embedding's copy on the last stage).
+// Each parameter is saved as the box its part covers in the full tensor
+// (ParameterInfo full_shape/full_offset). skip: parameters another writer
+// saves (a tied embedding's copy on the last stage; a replicated tensor's copy
+// on tensor-parallel ranks other than the first: every box must be saved once).
+// `optimizer`, if given, must be laid out like `params`.
+void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const ParameterStore& params,
+                            const AdamW* optimizer, const std::vector<std::string>& skip = {});
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
                             const AdamW* optimizer, const std::vector<std::string>& skip = {});
+// Merges the writers' parts: the entries of one (name, kind) become one tensor
+// entry listing every writer's slices (refused if their full shapes or dtypes
+// differ, or if the slices overlap or leave a gap in the full tensor). The
+// model config comes from c.model, else c.config.
 std::string commit_checkpoint(const std::string& root, const CheckpointContents& c);
 
 // A checkpoint found on disk, manifest read and files verified.
@@ -71,6 +89,11 @@ struct CheckpointOnDisk {
 // `path` is a --save root (its `latest` is used) or one iteration's directory.
 // Verifies the format version and each shard's size and checksum.
 CheckpointOnDisk open_checkpoint(const std::string& path);
+// Each local parameter's box is assembled from the slices that intersect it
+// (any layout: whole tensors, parts along any dimension); the slices must
+// cover it exactly once, and the entry's shape must be the parameter's full
+// shape. Only the files of intersecting slices are read.
+void load_parameters(const CheckpointOnDisk& ck, ParameterStore& params);
 void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model);
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt);
 

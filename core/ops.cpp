@@ -7,6 +7,7 @@
 #include "core/cpu/adamw.h"
 #include "core/cpu/attention.h"
 #include "core/cpu/cross_entropy.h"
+#include "core/cpu/elementwise.h"
 #include "core/cpu/embedding.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/grad_norm.h"
@@ -74,21 +75,25 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor*
   });
 }
 
-void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out) {
+void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out, int64_t row_begin,
+                       int64_t total_vocab) {
   const int64_t vocab = table.size(0), dim = table.size(1), n = tokens.numel();
   expect_numel("embedding_forward", "out", out, n * dim);
   dispatch("embedding_forward", table, [&](auto z) {
     using T = decltype(z);
-    cpu::embedding_forward<T>(tokens.data<int32_t>(), n, table.data<T>(), vocab, dim, out.data<T>());
+    cpu::embedding_forward<T>(tokens.data<int32_t>(), n, table.data<T>(), vocab, dim, out.data<T>(), row_begin,
+                              total_vocab);
   });
 }
 
-void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable) {
+void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable, int64_t row_begin,
+                        int64_t total_vocab) {
   const int64_t vocab = dtable.size(0), dim = dtable.size(1), n = tokens.numel();
   expect_numel("embedding_backward", "dout", dout, n * dim);
   dispatch("embedding_backward", dtable, [&](auto z) {
     using T = decltype(z);
-    cpu::embedding_backward<T>(tokens.data<int32_t>(), n, dout.data<T>(), vocab, dim, dtable.data<T>());
+    cpu::embedding_backward<T>(tokens.data<int32_t>(), n, dout.data<T>(), vocab, dim, dtable.data<T>(), row_begin,
+                               total_vocab);
   });
 }
 
@@ -225,12 +230,48 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
 }
 
 void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
-                                    const Tensor& dloss) {
+                                    const Tensor& dloss, int64_t col_begin, int64_t total_V) {
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
+  expect_numel("cross_entropy_backward", "targets", targets, rows);
+  expect_numel("cross_entropy_backward", "lse", lse, rows);
+  expect_numel("cross_entropy_backward", "dloss", dloss, rows);
   dispatch("cross_entropy_backward", logits, [&](auto z) {
     using T = decltype(z);
     cpu::cross_entropy_backward<T>(logits.data<T>(), lse.data<T>(), targets.data<int32_t>(),
-                                   dloss.data<T>(), rows, V, logits.data<T>());
+                                   dloss.data<T>(), rows, V, logits.data<T>(), col_begin, total_V);
+  });
+}
+
+void cross_entropy_row_max(const Tensor& logits, Tensor& row_max) {
+  const int64_t V = logits.size(-1), rows = rows_of(logits, V);
+  expect_numel("cross_entropy_row_max", "row_max", row_max, rows);
+  dispatch("cross_entropy_row_max", logits, [&](auto z) {
+    using T = decltype(z);
+    cpu::cross_entropy_row_max<T>(logits.data<T>(), rows, V, row_max.data<T>());
+  });
+}
+
+void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int64_t col_begin, int64_t total_V,
+                                const Tensor& row_max, Tensor& stats) {
+  const int64_t V = logits.size(-1), rows = rows_of(logits, V);
+  expect_numel("cross_entropy_partial_sums", "targets", targets, rows);
+  expect_numel("cross_entropy_partial_sums", "row_max", row_max, rows);
+  expect_numel("cross_entropy_partial_sums", "stats", stats, 2 * rows);
+  if (stats.dtype() != DType::F64) fail("cross_entropy_partial_sums", "stats must be F64");
+  dispatch("cross_entropy_partial_sums", logits, [&](auto z) {
+    using T = decltype(z);
+    double* st = stats.data<double>();
+    cpu::cross_entropy_partial_sums<T>(logits.data<T>(), targets.data<int32_t>(), rows, V, col_begin, total_V,
+                                       row_max.data<T>(), st, st + rows);
+  });
+}
+
+void add_(Tensor& y, const Tensor& x) {
+  expect_numel("add_", "x", x, y.numel());
+  if (x.dtype() != y.dtype()) fail("add_", "x and y differ in dtype");
+  dispatch("add_", y, [&](auto z) {
+    using T = decltype(z);
+    cpu::add_inplace<T>(y.data<T>(), x.data<T>(), y.numel());
   });
 }
 

@@ -19,8 +19,12 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, Tensor& dw);
 
 // out[i] = table[tokens[i]]; throws on an id outside the table.
-void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out);
-void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable);
+// Vocab-parallel: the table holds rows [row_begin, row_begin + rows) of a
+// total_vocab-row table; other ids give zero rows and add no gradient.
+void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out, int64_t row_begin = 0,
+                       int64_t total_vocab = -1);
+void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable, int64_t row_begin = 0,
+                        int64_t total_vocab = -1);
 
 // y = x·rsqrt(mean(x²)+eps)·w per row; rstd [rows] saved for backward.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
@@ -57,8 +61,15 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up
 // Per-row loss = logsumexp(logits) − logits[target]; target −1 is ignored (loss 0).
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse);
 // dlogits = (softmax − onehot)·dloss[row], written over `logits` in place (overwrite).
+// Vocab-parallel: logits are columns [col_begin, col_begin + V) of total_V, lse the full rows'.
 void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
-                                    const Tensor& dloss);
+                                    const Tensor& dloss, int64_t col_begin = 0, int64_t total_V = -1);
+// The vocab-parallel forward's local parts (see core/cpu/cross_entropy.h):
+// row_max [rows] (logits' dtype); then, given the global maxima, stats F64
+// [2, rows]: the sums of exp(x − max), and the target logits held here (else 0).
+void cross_entropy_row_max(const Tensor& logits, Tensor& row_max);
+void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int64_t col_begin, int64_t total_V,
+                                const Tensor& row_max, Tensor& stats);
 
 // One AdamW step on a flat range (PyTorch's order of operations); step is 1-based.
 struct AdamWParams {
@@ -68,6 +79,9 @@ struct AdamWParams {
 };
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                 const AdamWParams& p);
+
+// y += x element-wise (same numel and dtype).
+void add_(Tensor& y, const Tensor& x);
 
 double sum_of_squares(const Tensor& x);  // in double, deterministic
 bool all_finite(const Tensor& x);

@@ -118,8 +118,10 @@ void validate(TrainConfig& c, int world) {
   need(c.tensor_parallel >= 1 && c.pipeline_parallel >= 1,
        "--tensor-model-parallel-size and --pipeline-model-parallel-size must be at least 1");
   need(world % (c.tensor_parallel * c.pipeline_parallel) == 0,
-       "world size " + std::to_string(world) + " is not divisible by tensor × pipeline parallel size " +
-           std::to_string(c.tensor_parallel * c.pipeline_parallel) + ": change -n or the parallel sizes");
+       "world size " + std::to_string(world) + " (mpirun -n) is not divisible by --tensor-model-parallel-size " +
+           std::to_string(c.tensor_parallel) + " × --pipeline-model-parallel-size " +
+           std::to_string(c.pipeline_parallel) + " = " + std::to_string(c.tensor_parallel * c.pipeline_parallel) +
+           ": change -n or the parallel sizes");
   const int64_t dp = c.data_parallel(world);
   if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * dp;
   need(c.global_batch_size > 0, "--global-batch-size must be positive");
@@ -178,18 +180,19 @@ void validate(TrainConfig& c, int world) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  // Parallelism, ZeRO and mixed precision arrive with their own issues; until then say so plainly.
-  need(c.tensor_parallel == 1, "--tensor-model-parallel-size > 1 is not supported yet: use 1 (pipeline and data "
-                               "parallelism are)");
   need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
-  need(!c.sequence_parallel, "--sequence-parallel needs --tensor-model-parallel-size > 1");
+  need(!c.sequence_parallel || c.tensor_parallel > 1, "--sequence-parallel needs --tensor-model-parallel-size > 1");
+  need(!c.sequence_parallel || (c.micro_batch_size * m.seq_length) % tp == 0,
+       "--sequence-parallel splits the " + std::to_string(c.micro_batch_size * m.seq_length) +
+           " tokens of a micro-batch (--micro-batch-size × --seq-length) over --tensor-model-parallel-size " +
+           std::to_string(tp) + ": they must divide evenly");
+  // ZeRO and mixed precision arrive with their own issue; until then say so plainly.
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
   need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
   need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
   need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
   need(c.recompute_granularity.empty() || c.recompute_granularity == "full" || c.recompute_granularity == "selective",
        "--recompute-granularity '" + c.recompute_granularity + "': expected full or selective");
-  need(c.recompute_granularity != "selective", "--recompute-granularity selective is not supported yet: use full");
 
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
@@ -89,8 +90,10 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
   model_ = std::make_unique<LlamaModel>(
       cfg_.model, DType::F32, Device::cpu(),
       PipelineStage::split(cfg_.model.resolved().num_layers, grid.pp_rank(), grid.pp_size(), cfg_.first_stage_layers,
-                           cfg_.last_stage_layers));
+                           cfg_.last_stage_layers),
+      TensorParallel{grid.tp_size() > 1 ? &grid.tp() : nullptr, cfg_.sequence_parallel});
   model_->set_recompute_full(cfg_.recompute_granularity == "full");
+  model_->set_recompute_selective(cfg_.recompute_granularity == "selective");
   optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
   if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
   if (!cfg_.load.empty()) {
@@ -128,6 +131,9 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
               static_cast<long long>(eval_windows_ ? eval_windows_->count() : 0),
               static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
               static_cast<long long>(cfg_.accumulation_steps_per_rank(dp_.size())));
+  if (grid_.tp_size() > 1)
+    std::printf("tensor parallel: %d ranks (heads, query groups, ffn and vocabulary split)%s\n", grid_.tp_size(),
+                cfg_.sequence_parallel ? ", sequence parallel (norms and residuals split along the tokens)" : "");
   if (dp_.size() > 1)
     std::printf("data parallel: %d ranks, gradients all-reduced in %lld bucket(s) of up to %lld elements, overlapped "
                 "with backward\n", dp_.size(), static_cast<long long>(buckets_->num_buckets()),
@@ -178,7 +184,7 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   std::vector<MicrobatchContext> ctxs(static_cast<size_t>(steps));
   double loss_sum = 0.0;
   PipelineStep step;
-  step.activation_shape = {micro * S, cfg_.model.hidden_size};
+  step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
   step.forward = [&](int64_t m, const Tensor& input) {
     // Micro-batch m of every rank together reads samples [m·micro·dp, (m+1)·micro·dp)
     // of the global batch, rank r the r-th micro-batch of them: the union over
@@ -211,10 +217,19 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
 // the norm is the same bit for bit under any pipeline split.
 double Trainer::global_grad_norm_over_stages(bool tied_copy) {
   std::vector<double> local = grad_sums_of_squares(model_->params());
+  const auto& infos = model_->params().infos();
   if (tied_copy && grid_.is_last_stage()) {  // the shared embedding is counted once, on the first stage
-    const auto& infos = model_->params().infos();
     for (size_t i = 0; i < infos.size(); ++i)
       if (infos[i].name == "model.embed_tokens.weight") local[i] = 0.0;
+  }
+  if (grid_.tp_size() > 1) {
+    // Split parameters: their parts' sums add up. Replicated ones (norm
+    // weights) hold the same gradient on every tp rank: counted once.
+    Tensor sums = Tensor::empty({static_cast<int64_t>(local.size())}, DType::F64, MemoryCategory::Communication);
+    for (size_t i = 0; i < local.size(); ++i)
+      sums.data<double>()[i] = infos[i].replicated && grid_.tp_rank() != 0 ? 0.0 : local[i];
+    grid_.tp().all_reduce(sums, ReduceOp::Sum);
+    local.assign(sums.data<double>(), sums.data<double>() + sums.numel());
   }
   if (pp_.size() == 1) return norm_of_sums(local);
   if (norm_slots_total_ == 0) {  // where this stage's parameters sit in the global order: asked once
@@ -244,6 +259,7 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   // With one stage the schedule is simply forward then backward per micro-batch.
   loss_sum = run_pipelined_step(steps, tokens_in_batch);
   if (buckets_) buckets_->finish();
+  if (cfg_.sequence_parallel) reduce_replicated_grads_over_tp();
   // A tied embedding lives on the first and the last stage: sum the two halves
   // of its gradient (input lookup and output projection) so both copies agree.
   const bool tied_copy = tied_across_stages();
@@ -265,6 +281,32 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   return r;
 }
 
+// With sequence parallelism each tp rank applies the norms to its own rows
+// only, so their weights' gradients are partial sums: add them up (one
+// all-reduce of all the replicated parameters' gradients packed together).
+void Trainer::reduce_replicated_grads_over_tp() {
+  ParameterStore& ps = model_->params();
+  int64_t n = 0;
+  for (const auto& p : ps.infos()) if (p.replicated) n += p.numel;
+  if (n == 0) return;
+  Tensor packed = Tensor::empty({n}, ps.grads().dtype(), MemoryCategory::Communication);
+  const size_t es = dtype_size(packed.dtype());
+  auto copy = [&](bool pack) {
+    int64_t at = 0;
+    for (const auto& p : ps.infos()) {
+      if (!p.replicated) continue;
+      char* g = static_cast<char*>(ps.grads().raw()) + p.offset * es;
+      char* b = static_cast<char*>(packed.raw()) + at * es;
+      if (pack) std::memcpy(b, g, p.numel * es);
+      else std::memcpy(g, b, p.numel * es);
+      at += p.numel;
+    }
+  };
+  copy(true);
+  grid_.tp().all_reduce(packed, ReduceOp::Sum);
+  copy(false);
+}
+
 EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   if (pp_.size() == 1) return evaluate(*model_, *eval_windows_, first, count, cfg_.micro_batch_size);
   // Forward-only through the stages; the loss is summed on the last one.
@@ -277,7 +319,7 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   // short last batch repeats windows whose losses are then not counted.
   std::vector<MicrobatchContext> ctxs(static_cast<size_t>(batches));
   PipelineStep step;
-  step.activation_shape = {micro * S, cfg_.model.hidden_size};
+  step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
   step.forward = [&](int64_t m, const Tensor& input) {
     const int64_t n = std::min(micro, count - m * micro);
     for (int64_t i = 0; i < micro; ++i) eval_windows_->fill(first + m * micro + std::min(i, n - 1), 1, buf.data() + i * (S + 1));
@@ -344,6 +386,9 @@ void Trainer::save(int64_t iteration) {
   if (dp_.rank() == 0) {
     std::vector<std::string> skip;
     if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
+    if (grid_.tp_rank() != 0)  // parameters every tp rank holds whole are written by tp rank 0
+      for (const auto& p : model_->params().infos())
+        if (p.replicated) skip.push_back(p.name);
     write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, optimizer_.get(), skip);
   }
   world.barrier();
@@ -434,6 +479,18 @@ int Trainer::run() {
                           {"ms_per_iter", ms_per_iter},
                           {"tflops", tflops}};
       if (cfg_.peak_tflops > 0) j["mfu"] = tflops / cfg_.peak_tflops;
+      if (grid_.world_size() > 1) {
+        // Bytes this rank (world rank 0: tp, dp rank 0 of the first stage)
+        // sent per group and operation since the last log line, per iteration.
+        const nlohmann::json now_bytes = comm_report_json(grid_);
+        nlohmann::json per_iter = now_bytes;
+        for (auto& [group, ops] : per_iter.items())
+          for (auto& [op, bytes] : ops.items())
+            bytes = (bytes.get<uint64_t>() - comm_logged_.value(group, nlohmann::json::object()).value(op, uint64_t{0})) /
+                    static_cast<uint64_t>(std::max<int64_t>(1, timed_iters));
+        j["comm_bytes_per_iter"] = per_iter;
+        comm_logged_ = now_bytes;
+      }
       metrics_.write(j);
       interval_loss_ = 0.0;
       interval_iters_ = interval_skipped_ = timed_iters = 0;

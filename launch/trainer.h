@@ -62,6 +62,7 @@ class Trainer {
   double run_pipelined_step(int64_t steps, double tokens_in_batch);
   EvalResult evaluate_share(int64_t first, int64_t count);
   double global_grad_norm_over_stages(bool tied_copy);
+  void reduce_replicated_grads_over_tp();
   int64_t norm_slots_offset_ = 0, norm_slots_total_ = 0;  // this stage's parameters in the global order
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
   TrainConfig cfg_;
@@ -83,6 +84,7 @@ class Trainer {
   void check_resume_settings(const nlohmann::json& state_scheduler, const nlohmann::json& optimizer,
                              const nlohmann::json& args) const;
   std::vector<int32_t> batch_tokens_;
+  nlohmann::json comm_logged_ = nlohmann::json::object();  // counters at the last log line
 };
 
 }  // namespace llm

@@ -6,19 +6,20 @@
 
 namespace llm {
 
-Attention::Attention(ParameterStore& store, const std::string& prefix, const ModelConfig& cfg)
-    : heads_(cfg.num_attention_heads),
-      groups_(cfg.groups()),
+Attention::Attention(ParameterStore& store, const std::string& prefix, const ModelConfig& cfg,
+                     const TensorParallel& tp)
+    : heads_(tp.part(cfg.num_attention_heads)),
+      groups_(tp.part(cfg.groups())),
       head_dim_(cfg.head_dim()),
       rope_theta_(cfg.rope_theta),
       qkv_(store,
-           {{prefix + "q_proj.weight", heads_ * head_dim_},
-            {prefix + "k_proj.weight", groups_ * head_dim_},
-            {prefix + "v_proj.weight", groups_ * head_dim_}},
-           cfg.hidden_size, cfg.init_std),
+           {{prefix + "q_proj.weight", cfg.num_attention_heads * head_dim_},
+            {prefix + "k_proj.weight", cfg.groups() * head_dim_},
+            {prefix + "v_proj.weight", cfg.groups() * head_dim_}},
+           cfg.hidden_size, cfg.init_std, LinearSplit::Columns, tp),
       // Output projections are scaled by 1/√(2·layers) (GPT-2 / Megatron practice).
-      o_proj_(store, {{prefix + "o_proj.weight", cfg.hidden_size}}, heads_ * head_dim_,
-              cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.num_layers))) {}
+      o_proj_(store, {{prefix + "o_proj.weight", cfg.hidden_size}}, cfg.num_attention_heads * head_dim_,
+              cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.num_layers)), LinearSplit::Rows, tp) {}
 
 void Attention::forward(const Tensor& x, int64_t batch, int64_t seq, Tensor& y, Saved& saved) const {
   const int64_t rows = batch * seq;
@@ -31,15 +32,22 @@ void Attention::forward(const Tensor& x, int64_t batch, int64_t seq, Tensor& y, 
   saved.lse = Tensor::empty({batch, heads_, seq}, x.dtype(), MemoryCategory::Activations, x.device());
   ops::attention_forward(saved.qkv, l, saved.attn, saved.lse);
   o_proj_.forward(saved.attn, y, /*accumulate=*/true);
+  if (recompute_core_) saved.attn = saved.lse = Tensor();  // rebuilt in backward
 }
 
 void Attention::backward(const Tensor& dy, const Saved& saved, int64_t batch, int64_t seq, Tensor& dx) const {
   const int64_t rows = batch * seq;
   const auto l = layout(batch, seq);
+  Tensor attn = saved.attn, lse = saved.lse;
+  if (!attn.defined()) {  // selective recomputation: the same kernel on the same q/k/v gives the same values
+    attn = Tensor::empty({rows, heads_ * head_dim_}, dy.dtype(), MemoryCategory::Activations, dy.device());
+    lse = Tensor::empty({batch, heads_, seq}, dy.dtype(), MemoryCategory::Activations, dy.device());
+    ops::attention_forward(saved.qkv, l, attn, lse);
+  }
   Tensor dattn = Tensor::zeros({rows, heads_ * head_dim_}, dy.dtype(), MemoryCategory::Activations, dy.device());
-  o_proj_.backward(dy, saved.attn, &dattn);
+  o_proj_.backward(dy, attn, &dattn);
   Tensor dqkv = Tensor::zeros({rows, l.row_stride()}, dy.dtype(), MemoryCategory::Activations, dy.device());
-  ops::attention_backward(dattn, saved.qkv, l, saved.attn, saved.lse, dqkv);
+  ops::attention_backward(dattn, saved.qkv, l, attn, lse, dqkv);
   ops::rope_backward(dqkv, l, 0, rope_theta_);
   qkv_.backward(dqkv, saved.x, &dx);
 }

@@ -5,12 +5,17 @@
 namespace llm {
 
 Linear::Linear(ParameterStore& store, const std::vector<std::pair<std::string, int64_t>>& parts,
-               int64_t in_features, double init_std)
-    : store_(store), in_(in_features) {
+               int64_t in_features, double init_std, LinearSplit split, const TensorParallel& tp)
+    : store_(store), in_(split == LinearSplit::Rows ? tp.part(in_features) : in_features) {
   for (size_t i = 0; i < parts.size(); ++i) {
-    ParamRef r = store.add(parts[i].first, {parts[i].second, in_features}, InitRule::Normal, init_std, true);
+    const int64_t full_out = parts[i].second;
+    const int64_t out = split == LinearSplit::Columns ? tp.part(full_out) : full_out;
+    const TensorShard shard = split == LinearSplit::Columns ? tp.shard(0, full_out)
+                              : split == LinearSplit::Rows  ? tp.shard(1, in_features)
+                                                            : TensorShard{};
+    ParamRef r = store.add(parts[i].first, {out, in_}, InitRule::Normal, init_std, true, shard);
     if (i == 0) first_ = r;
-    out_ += parts[i].second;
+    out_ += out;
   }
 }
 

@@ -39,18 +39,31 @@ PipelineStage PipelineStage::split(int64_t layers, int stage, int stages, int64_
   return p;
 }
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, PipelineStage stage)
-    : cfg_(cfg.resolved()), stage_(stage), dtype_(dtype), device_(device), store_(dtype, device) {
+LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, PipelineStage stage,
+                       const TensorParallel& tp)
+    : cfg_(cfg.resolved()), stage_(stage), tp_(tp), dtype_(dtype), device_(device), store_(dtype, device) {
   cfg_.validate();
+  if (tp_.active()) {
+    const int t = tp_.size();
+    auto need = [&](int64_t n, const char* what) {
+      if (n % t != 0)
+        throw std::invalid_argument(std::string(what) + " " + std::to_string(n) + " is not divisible by the " +
+                                    std::to_string(t) + " tensor-parallel ranks");
+    };
+    need(cfg_.num_attention_heads, "--num-attention-heads");
+    need(cfg_.groups(), "--num-query-groups");
+    need(cfg_.vocab_size, "the vocabulary size");
+    need(cfg_.ffn(), "--ffn-hidden-size");
+  }
   if (stage_.num_layers < 0) stage_.num_layers = cfg_.num_layers - stage_.first_layer;
   if (stage_.first_layer < 0 || stage_.first_layer + stage_.num_layers > cfg_.num_layers)
     throw std::invalid_argument("pipeline stage layers out of range");
   // Registration order is the flat-buffer order: Hugging Face's parameter order.
   if (stage_.first)
     embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
-                                         cfg_.init_std);
+                                         cfg_.init_std, tp_);
   for (int64_t i = stage_.first_layer; i < stage_.first_layer + stage_.num_layers; ++i)
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_));
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_, tp_));
   if (stage_.last) {
     final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
     if (cfg_.tie_embeddings && embed_)
@@ -58,13 +71,19 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, Pipel
     else if (cfg_.tie_embeddings)  // the last of several stages keeps its own copy, kept equal
       lm_head_ = std::make_unique<Linear>(      // through the embedding group (same name, same init)
           store_, std::vector<std::pair<std::string, int64_t>>{{"model.embed_tokens.weight", cfg_.vocab_size}},
-          cfg_.hidden_size, cfg_.init_std);
+          cfg_.hidden_size, cfg_.init_std, LinearSplit::Columns, tp_);
     else
       lm_head_ = std::make_unique<Linear>(
           store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,
-          cfg_.init_std);
+          cfg_.init_std, LinearSplit::Columns, tp_);
+    // The output projection is vocab-parallel like the embedding: rank r holds rows [r·V/tp, (r+1)·V/tp).
+    loss_ = std::make_unique<LanguageModelLoss>(cfg_.vocab_size, tp_.rank() * tp_.part(cfg_.vocab_size), tp_);
   }
   store_.allocate();
+}
+
+void LlamaModel::set_recompute_selective(bool on) {
+  for (auto& b : blocks_) b->set_recompute_attention_core(on);
 }
 
 void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const {
@@ -82,11 +101,12 @@ void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64
 }
 
 double LlamaModel::forward(MicrobatchContext& ctx) const {
-  const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
   Tensor x;
   if (embed_) {
     x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
     embed_->forward(ctx.inputs, x);
+    x = tp_.reduce(x);  // vocab-parallel: each rank looked up its own rows
   } else {
     x = ctx.input_hidden;
   }
@@ -107,13 +127,14 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
     ctx.num_targets = 0;
     return 0.0;
   }
-  ctx.normed = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
-  final_norm_->forward(x, ctx.normed, ctx.final_norm);
-  ctx.logits = Tensor::empty({rows, V}, dtype_, MemoryCategory::Activations, device_);
+  Tensor normed = Tensor::empty(x.shape(), dtype_, MemoryCategory::Activations, device_);
+  final_norm_->forward(x, normed, ctx.final_norm);
+  ctx.normed = tp_.gather(normed);
+  ctx.logits = Tensor::empty({rows, lm_head_->out_features()}, dtype_, MemoryCategory::Activations, device_);
   lm_head_->forward(ctx.normed, ctx.logits);
   Tensor losses = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
   ctx.lse = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
-  ops::cross_entropy_forward(ctx.logits, ctx.targets, losses, ctx.lse);
+  loss_->forward(ctx.logits, ctx.targets, losses, ctx.lse);
   // Sum in a fixed order in double so the reported loss does not depend on threads.
   double sum = 0.0;
   int64_t count = 0;
@@ -139,12 +160,13 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
     Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
     if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
     else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
-    ops::cross_entropy_backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
+    loss_->backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
     Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
     lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
     ctx.logits = Tensor();  // the largest activation: free it as soon as possible
     if (!cfg_.tie_embeddings) final_from("lm_head.weight");
-    dx = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    dnormed = tp_.reduce(dnormed);  // column-parallel head: the input gradient is a partial sum
+    dx = Tensor::zeros(dnormed.shape(), dtype_, MemoryCategory::Activations, device_);
     final_norm_->backward(dnormed, ctx.final_norm, dx);
     final_from("model.norm.weight");
   } else {
@@ -161,7 +183,7 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
     final_from("model.layers." + std::to_string(stage_.first_layer + static_cast<int64_t>(i)) +
                ".input_layernorm.weight");
   }
-  if (embed_) embed_->backward(ctx.inputs, dx);
+  if (embed_) embed_->backward(ctx.inputs, tp_.gather(dx));
   else ctx.input_grad = dx;
   if (grads_final) grads_final(0);
 }
@@ -179,6 +201,8 @@ LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {
 }
 
 std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, DecodeState& state) const {
+  if (tp_.active() || !stage_.first || !stage_.last)
+    throw std::logic_error("decode runs on one process holding the whole model (load the checkpoint unsplit)");
   const int64_t n = static_cast<int64_t>(tokens.size()), d = cfg_.hidden_size, V = cfg_.vocab_size;
   Tensor ids = Tensor::empty({n}, DType::I32, MemoryCategory::Activations);
   std::memcpy(ids.data<int32_t>(), tokens.data(), n * sizeof(int32_t));

@@ -8,6 +8,7 @@
 
 #include "layers/embedding.h"
 #include "layers/linear.h"
+#include "layers/lm_loss.h"
 #include "layers/model_config.h"
 #include "layers/rmsnorm.h"
 #include "layers/transformer_block.h"
@@ -37,9 +38,11 @@ struct MicrobatchContext {
   std::vector<TransformerBlock::Saved> blocks;
   std::vector<Tensor> block_inputs;  // with full recomputation: all that is kept per block
   RMSNorm::Saved final_norm;
-  Tensor normed;  // final norm output [rows, hidden]
+  Tensor normed;  // final norm output, full rows [rows, hidden] (the output projection's input)
   Tensor logits;  // [rows, vocab]; replaced by its gradient in backward
   Tensor lse;     // [rows]
+  // Pipeline activations are in the residual layout: [rows, hidden], or the
+  // rank's rows/tp with sequence parallelism.
   Tensor input_hidden;   // received activation (stages after the first)
   Tensor output_hidden;  // activation to send on (stages before the last)
   Tensor input_grad;     // gradient to send back (stages after the first)
@@ -49,13 +52,20 @@ struct MicrobatchContext {
 
 class LlamaModel {
  public:
+  // tp: this rank's tensor-parallel group (weights split over its ranks, see
+  // layers/tensor_parallel.h); the default is one rank holding everything.
   LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu(),
-             PipelineStage stage = {});
+             PipelineStage stage = {}, const TensorParallel& tp = {});
   const PipelineStage& stage() const { return stage_; }
+  const TensorParallel& tensor_parallel() const { return tp_; }
+  // Rows of the activations passed between stages for `rows` tokens.
+  int64_t activation_rows(int64_t rows) const { return tp_.residual_rows(rows); }
   // Full activation recomputation: forward keeps only each block's input and
   // backward reruns the block's forward just before its backward (one extra
   // forward of the blocks, Megatron's --recompute-granularity full).
   void set_recompute_full(bool on) { recompute_full_ = on; }
+  // Selective recomputation: only the attention core is rerun in backward.
+  void set_recompute_selective(bool on);
   const ModelConfig& config() const { return cfg_; }
   ParameterStore& params() { return store_; }
   const ParameterStore& params() const { return store_; }
@@ -86,6 +96,7 @@ class LlamaModel {
  private:
   ModelConfig cfg_;
   PipelineStage stage_;
+  TensorParallel tp_;
   bool recompute_full_ = false;
   DType dtype_;
   Device device_;
@@ -94,6 +105,7 @@ class LlamaModel {
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
   std::unique_ptr<RMSNorm> final_norm_;
   std::unique_ptr<Linear> lm_head_;
+  std::unique_ptr<LanguageModelLoss> loss_;
 };
 
 }  // namespace llm

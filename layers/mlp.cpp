@@ -6,12 +6,12 @@
 
 namespace llm {
 
-MLP::MLP(ParameterStore& store, const std::string& prefix, const ModelConfig& cfg)
-    : ffn_(cfg.ffn()),
-      gate_up_(store, {{prefix + "gate_proj.weight", ffn_}, {prefix + "up_proj.weight", ffn_}}, cfg.hidden_size,
-               cfg.init_std),
-      down_(store, {{prefix + "down_proj.weight", cfg.hidden_size}}, ffn_,
-            cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.num_layers))) {}
+MLP::MLP(ParameterStore& store, const std::string& prefix, const ModelConfig& cfg, const TensorParallel& tp)
+    : ffn_(tp.part(cfg.ffn())),
+      gate_up_(store, {{prefix + "gate_proj.weight", cfg.ffn()}, {prefix + "up_proj.weight", cfg.ffn()}},
+               cfg.hidden_size, cfg.init_std, LinearSplit::Columns, tp),
+      down_(store, {{prefix + "down_proj.weight", cfg.hidden_size}}, cfg.ffn(),
+            cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.num_layers)), LinearSplit::Rows, tp) {}
 
 void MLP::forward(const Tensor& x, Tensor& y, Saved& saved) const {
   const int64_t rows = x.size(0);

@@ -18,6 +18,17 @@ namespace llm {
 
 enum class InitRule { Normal, Ones };
 
+// Where a rank's part of a parameter sits in the full tensor. Tensor
+// parallelism splits a weight along one dimension (rows of column-parallel
+// and vocab-parallel weights, columns of row-parallel ones); the other ranks
+// hold the neighbouring parts. dim −1: the whole tensor (replicated on every
+// tensor-parallel rank, like the norm weights).
+struct TensorShard {
+  int dim = -1;
+  int64_t offset = 0;  // first index along dim
+  int64_t full = 0;    // the full tensor's size along dim
+};
+
 struct ParameterInfo {
   std::string name;
   Shape shape;
@@ -26,6 +37,11 @@ struct ParameterInfo {
   InitRule init = InitRule::Normal;
   double init_std = 0.0;
   bool weight_decay = true;
+  // The full (unsharded) tensor and this part's position in it; without
+  // tensor parallelism full_shape == shape and the offsets are zero.
+  Shape full_shape;
+  std::vector<int64_t> full_offset;
+  bool replicated = true;  // every tensor-parallel rank holds the same values
 };
 
 // A registered parameter's handle: its position in the flat buffers.
@@ -38,11 +54,14 @@ class ParameterStore {
  public:
   ParameterStore(DType dtype, Device device) : dtype_(dtype), device_(device) {}
 
-  ParamRef add(const std::string& name, const Shape& shape, InitRule init, double init_std, bool weight_decay);
+  // shape: this rank's part; shard: where it lies in the full tensor.
+  ParamRef add(const std::string& name, const Shape& shape, InitRule init, double init_std, bool weight_decay,
+               const TensorShard& shard = {});
   // Allocates the flat buffers (values and zeroed gradients).
   void allocate();
-  // Value of element i of parameter p = normal(seed, p.name, i)·std (or 1 for norms),
-  // independent of layout, thread count and registration order.
+  // Value of element i of the FULL parameter p = normal(seed, p.name, i)·std
+  // (or 1 for norms): independent of layout (a tensor-parallel part draws
+  // the values of its full-tensor indices), thread count and registration order.
   void initialize(uint64_t seed);
 
   Tensor value(const ParamRef& r) const { return values_.flat_view(r.offset, r.shape); }

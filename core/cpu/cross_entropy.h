@@ -57,10 +57,14 @@ void cross_entropy_forward(const T* logits, const int32_t* targets, int64_t rows
 // dlogits[r, j] = (exp(logits[r, j] − lse[r]) − [j == target[r]]) · dloss[r]; ignored rows
 // (target −1) get zeros. OVERWRITES dlogits (does not add), and dlogits may be the same
 // buffer as logits (in place, as llm.c does: the logits are dead after the loss).
+//
+// Vocab-parallel use: the logits are columns [col_begin, col_begin + V) of a
+// total_V-wide row (another rank holds the rest), lse is the full row's, and
+// the one-hot term is subtracted only where the target falls in this part.
 template <class T>
 void cross_entropy_backward(const T* logits, const T* lse, const int32_t* targets, const T* dloss,
-                            int64_t rows, int64_t V, T* dlogits) {
-  cross_entropy_detail::check_targets("cross_entropy_backward", targets, rows, V);
+                            int64_t rows, int64_t V, T* dlogits, int64_t col_begin = 0, int64_t total_V = -1) {
+  cross_entropy_detail::check_targets("cross_entropy_backward", targets, rows, total_V < 0 ? V : total_V);
 #pragma omp parallel for schedule(static) if (rows * V >= (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = logits + r * V;
@@ -72,13 +76,50 @@ void cross_entropy_backward(const T* logits, const T* lse, const int32_t* target
       continue;
     }
     const T l = lse[r], g = dloss[r];
-    const T xt = x[t];  // read before the loop may overwrite it
+    const int64_t tl = static_cast<int64_t>(t) - col_begin;  // the target's column in this part
+    const bool mine = tl >= 0 && tl < V;
+    const T xt = mine ? x[tl] : T(0);  // read before the loop may overwrite it
     // omp simd: each iteration reads x[j] before writing d[j] and touches nothing else,
     // so in-place use is fine; it also spares gcc the alias check that would fall back to
     // scalar code when d == x.
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) d[j] = vec::exp(x[j] - l) * g;
-    d[t] = (vec::exp(xt - l) - T(1)) * g;
+    if (mine) d[tl] = (vec::exp(xt - l) - T(1)) * g;
+  }
+}
+
+// Vocab-parallel forward, the local half: each rank holds columns
+// [col_begin, col_begin + V) of every row. Pass 1 gives the local row maxima
+// (to be max-reduced over ranks); pass 2, given the global maxima, the local
+// sum of exp(x − max) (in double, fixed order) and the target's logit where
+// this rank holds it (0 elsewhere), both to be sum-reduced. Then
+// lse = max + log(sum) and loss = lse − target logit, as one rank computes.
+template <class T>
+void cross_entropy_row_max(const T* logits, int64_t rows, int64_t V, T* row_max) {
+#pragma omp parallel for schedule(static) if (rows * V >= (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) row_max[r] = vec::lane_max(logits + r * V, V);
+}
+
+template <class T>
+void cross_entropy_partial_sums(const T* logits, const int32_t* targets, int64_t rows, int64_t V,
+                                int64_t col_begin, int64_t total_V, const T* row_max, double* sum_exp,
+                                double* target_logit) {
+  cross_entropy_detail::check_targets("cross_entropy_forward", targets, rows, total_V);
+#pragma omp parallel for schedule(static) if (rows * V >= (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = logits + r * V;
+    T m = row_max[r];
+    if (std::isinf(m)) m = 0;
+    constexpr int64_t kBlock = 256;
+    double sum = 0;
+    for (int64_t b = 0; b < V; b += kBlock) {
+      const T* xb = x + b;
+      sum += vec::lane_sum<T, vec::kLanes<T>>(std::min(kBlock, V - b),
+                                              [&](int64_t j) { return vec::exp(xb[j] - m); });
+    }
+    sum_exp[r] = sum;
+    const int64_t tl = static_cast<int64_t>(targets[r]) - col_begin;
+    target_logit[r] = (targets[r] >= 0 && tl >= 0 && tl < V) ? static_cast<double>(x[tl]) : 0.0;
   }
 }
 
