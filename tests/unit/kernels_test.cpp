@@ -495,6 +495,77 @@ TEST(CrossEntropy, DeterministicAcrossThreadCounts) {
 // ---------------------------------------------------------------------------------------
 // GEMM (core/cpu/gemm.h): the gradients layers derive from it, in all transpose cases.
 
+// Vocab-parallel pieces: a table (or logits) split into column/row ranges on
+// "ranks" computes what the whole one does once the parts are combined the way
+// the tensor-parallel layers combine them (max / sum over the parts).
+TEST(Embedding, VocabSplitPartsSumToTheWholeLookup) {
+  const int64_t V = 10, dim = 5, n = 7;
+  const std::vector<int32_t> tokens = {0, 3, 9, 4, 3, 7, 5};
+  const Vec table = randn(V * dim, 31), dout = randn(n * dim, 32);
+  Vec whole(n * dim), whole_grad(V * dim, 0.0);
+  embedding_forward<double>(tokens.data(), n, table.data(), V, dim, whole.data());
+  embedding_backward<double>(tokens.data(), n, dout.data(), V, dim, whole_grad.data());
+  Vec sum(n * dim, 0.0);
+  for (const auto& [begin, rows] : {std::pair<int64_t, int64_t>{0, 4}, {4, 6}}) {
+    Vec part(n * dim), grad(rows * dim, 0.0);
+    embedding_forward<double>(tokens.data(), n, table.data() + begin * dim, rows, dim, part.data(), begin, V);
+    for (int64_t i = 0; i < n * dim; ++i) sum[i] += part[i];
+    embedding_backward<double>(tokens.data(), n, dout.data(), rows, dim, grad.data(), begin, V);
+    for (int64_t i = 0; i < rows * dim; ++i) EXPECT_EQ(grad[i], whole_grad[begin * dim + i]) << begin << " " << i;
+  }
+  for (int64_t i = 0; i < n * dim; ++i) EXPECT_EQ(sum[i], whole[i]) << i;
+  // Ids are checked against the whole vocabulary, not the part.
+  Vec part(n * dim);
+  const std::vector<int32_t> bad = {0, 10};
+  EXPECT_THROW(embedding_forward<double>(bad.data(), 2, table.data(), 4, dim, part.data(), 0, V), std::out_of_range);
+}
+
+TEST(CrossEntropy, VocabSplitPartsGiveTheWholeLossAndGradient) {
+  const int64_t rows = 4, V = 12;
+  const std::vector<int32_t> targets = {2, 11, -1, 6};
+  Vec logits = randn(rows * V, 33, 3.0);
+  Vec loss(rows), lse(rows), grad(rows * V);
+  const Vec dloss = {0.5, 1.0, 1.0, 2.0};
+  cross_entropy_forward<double>(logits.data(), targets.data(), rows, V, loss.data(), lse.data());
+  cross_entropy_backward<double>(logits.data(), lse.data(), targets.data(), dloss.data(), rows, V, grad.data());
+  const std::vector<std::pair<int64_t, int64_t>> parts = {{0, 5}, {5, 3}, {8, 4}};  // uneven on purpose
+  auto part_logits = [&](int64_t begin, int64_t cols) {
+    Vec p(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) p[r * cols + c] = logits[r * V + begin + c];
+    return p;
+  };
+  Vec row_max(rows, -INFINITY), sum_exp(rows, 0.0), target_logit(rows, 0.0);
+  for (const auto& [begin, cols] : parts) {  // max over the parts (the all-reduce Max)
+    Vec m(rows);
+    cross_entropy_row_max<double>(part_logits(begin, cols).data(), rows, cols, m.data());
+    for (int64_t r = 0; r < rows; ++r) row_max[r] = std::max(row_max[r], m[r]);
+  }
+  for (const auto& [begin, cols] : parts) {  // sums over the parts (the all-reduce Sum)
+    Vec s(rows), t(rows);
+    cross_entropy_partial_sums<double>(part_logits(begin, cols).data(), targets.data(), rows, cols, begin, V,
+                                       row_max.data(), s.data(), t.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      sum_exp[r] += s[r];
+      target_logit[r] += t[r];
+    }
+  }
+  Vec split_lse(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    split_lse[r] = row_max[r] + std::log(sum_exp[r]);
+    EXPECT_NEAR(split_lse[r], lse[r], 1e-12);
+    if (targets[r] >= 0) EXPECT_NEAR(split_lse[r] - target_logit[r], loss[r], 1e-12) << r;
+    else EXPECT_EQ(target_logit[r], 0.0);
+  }
+  for (const auto& [begin, cols] : parts) {
+    Vec p = part_logits(begin, cols);
+    cross_entropy_backward<double>(p.data(), split_lse.data(), targets.data(), dloss.data(), rows, cols, p.data(),
+                                   begin, V);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) EXPECT_NEAR(p[r * cols + c], grad[r * V + begin + c], 1e-12) << r << " " << c;
+  }
+}
+
 TEST(Gemm, GradientsInAllFourTransposeCasesMatchFiniteDifferences) {
   const int64_t M = 3, N = 4, K = 5;
   for (bool ta : {false, true}) {
