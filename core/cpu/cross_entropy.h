@@ -23,6 +23,20 @@ inline void check_targets(const char* who, const int32_t* targets, int64_t rows,
     }
   }
 }
+
+// Σ_j exp(x[j] − m) over one row. Two-level fixed-order sum: T lanes within
+// blocks of 256 (8 terms a lane for float), block sums added in double. As
+// accurate as summing in double, faster, and independent of threads.
+template <class T>
+double sum_exp(const T* x, int64_t V, T m) {
+  constexpr int64_t kBlock = 256;
+  double sum = 0;
+  for (int64_t b = 0; b < V; b += kBlock) {
+    const T* xb = x + b;
+    sum += vec::lane_sum<T, vec::kLanes<T>>(std::min(kBlock, V - b), [&](int64_t j) { return vec::exp(xb[j] - m); });
+  }
+  return sum;
+}
 }  // namespace cross_entropy_detail
 
 // logits: [rows, V]. For each row: lse[r] = log sum_j exp(logits[r, j]) and
@@ -39,15 +53,7 @@ void cross_entropy_forward(const T* logits, const int32_t* targets, int64_t rows
     const T* x = logits + r * V;
     T m = vec::lane_max(x, V);
     if (std::isinf(m)) m = 0;  // all −inf (or a +inf): don't form inf − inf
-    // Two-level fixed-order sum: T lanes within blocks of 256 (8 terms a lane for float),
-    // block sums added in double. As accurate as summing in double, and faster.
-    constexpr int64_t kBlock = 256;
-    double sum = 0;
-    for (int64_t b = 0; b < V; b += kBlock) {
-      const T* xb = x + b;
-      sum += vec::lane_sum<T, vec::kLanes<T>>(std::min(kBlock, V - b),
-                                              [&](int64_t j) { return vec::exp(xb[j] - m); });
-    }
+    const double sum = cross_entropy_detail::sum_exp(x, V, m);
     const T l = static_cast<T>(static_cast<double>(m) + std::log(sum));
     lse[r] = l;
     loss[r] = targets[r] < 0 ? T(0) : l - x[targets[r]];
@@ -110,14 +116,7 @@ void cross_entropy_partial_sums(const T* logits, const int32_t* targets, int64_t
     const T* x = logits + r * V;
     T m = row_max[r];
     if (std::isinf(m)) m = 0;
-    constexpr int64_t kBlock = 256;
-    double sum = 0;
-    for (int64_t b = 0; b < V; b += kBlock) {
-      const T* xb = x + b;
-      sum += vec::lane_sum<T, vec::kLanes<T>>(std::min(kBlock, V - b),
-                                              [&](int64_t j) { return vec::exp(xb[j] - m); });
-    }
-    sum_exp[r] = sum;
+    sum_exp[r] = cross_entropy_detail::sum_exp(x, V, m);
     const int64_t tl = static_cast<int64_t>(targets[r]) - col_begin;
     target_logit[r] = (targets[r] >= 0 && tl >= 0 && tl < V) ? static_cast<double>(x[tl]) : 0.0;
   }

@@ -16,11 +16,6 @@ using namespace llm::test;
 
 namespace {
 
-std::string mpiexec(int n) {
-  const std::string root = ::geteuid() == 0 ? " --allow-run-as-root" : "";
-  return "timeout 300 mpiexec --oversubscribe" + root + " -n " + std::to_string(n) +
-         " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 ";
-}
 
 std::map<int64_t, nlohmann::json> iterations(const std::string& metrics) {
   std::map<int64_t, nlohmann::json> out;
@@ -60,8 +55,7 @@ class ParallelLayouts : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const auto r = run_tool(bin("llm-prepare-data") + " --input " + english_text_file() + " --vocab-size 512" +
-                            " --tokenizer-model " + (*dir_ / "tok.model") + " --output-prefix " + (*dir_ / "gpl"));
+    const auto r = prepare_test_corpus(*dir_);
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { delete dir_; }

@@ -1,6 +1,7 @@
 // Helpers for tests that run the command-line tools as a user would.
 #pragma once
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -60,5 +61,20 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 
 // Real English text present on every Debian/Ubuntu system (base-files).
 inline std::string english_text_file() { return "/usr/share/common-licenses/GPL-3"; }
+
+// The tools' test corpus: the GPL-3 text as dir/gpl.{bin,idx} with a
+// 512-piece tokenizer dir/tok.model. Returns llm-prepare-data's result.
+inline ToolResult prepare_test_corpus(const TempDir& dir) {
+  return run_tool(bin("llm-prepare-data") + " --input " + english_text_file() + " --vocab-size 512" +
+                  " --tokenizer-model " + (dir / "tok.model") + " --output-prefix " + (dir / "gpl"));
+}
+
+// Prefix that launches n ranks with one thread each, on any number of cores,
+// as root too; a hung job is killed after 300 s (exit code 124).
+inline std::string mpiexec(int n) {
+  const std::string root = ::geteuid() == 0 ? " --allow-run-as-root" : "";
+  return "timeout 300 mpiexec --oversubscribe" + root + " -n " + std::to_string(n) +
+         " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 ";
+}
 
 }  // namespace llm::test

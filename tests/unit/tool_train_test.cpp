@@ -20,8 +20,7 @@ class TrainTool : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const auto r = run_tool(bin("llm-prepare-data") + " --input " + english_text_file() + " --vocab-size 512" +
-                            " --tokenizer-model " + (*dir_ / "tok.model") + " --output-prefix " + (*dir_ / "gpl"));
+    const auto r = prepare_test_corpus(*dir_);
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -179,10 +178,6 @@ TEST_F(TrainTool, BadInputGivesClearErrorAndNonZeroExit) {
   }
 }
 
-static std::string mpiexec(int n) {
-  const std::string root = ::geteuid() == 0 ? " --allow-run-as-root" : "";
-  return "timeout 300 mpiexec --oversubscribe" + root + " -n " + std::to_string(n) + " -x OMP_NUM_THREADS=1 ";
-}
 
 TEST_F(TrainTool, AnInvalidLayoutEndsTheWholeJobWithoutHanging) {
   // Every rank must exit non-zero with the message, none may hang (the timeout would show it).
