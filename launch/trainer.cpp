@@ -308,8 +308,10 @@ void Trainer::reduce_replicated_grads_over_tp() {
 }
 
 EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
-  if (pp_.size() == 1) return evaluate(*model_, *eval_windows_, first, count, cfg_.micro_batch_size);
+  if (pp_.size() == 1 && !cfg_.sequence_parallel)
+    return evaluate(*model_, *eval_windows_, first, count, cfg_.micro_batch_size);
   // Forward-only through the stages; the loss is summed on the last one.
+  // (Also with sequence parallelism: its row split needs full micro-batches.)
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length;
   const int64_t batches = (count + micro - 1) / micro;
   EvalResult r;
