@@ -266,7 +266,9 @@ def analytic(tp, pp, dp, sp, V, F, first_layers=0):
         joins = M * (1 + 4 * Ls + (1 if last else 0))
         if sp:
             add("tp", "reduce_scatter", joins * ring_part(act, tp))
-            add("tp", "all_gather", joins * ring_part(act, tp))
+            # ... plus backward's re-gathers of the inputs kept as row shards (each block's two
+            # branches, and the output layer's on the last stage)
+            add("tp", "all_gather", (joins + M * (2 * Ls + (1 if last else 0))) * ring_part(act, tp))
             add("tp", "all_reduce", ring_all_reduce((2 * Ls + (1 if last else 0)) * d * 4, tp))  # norm weights' grads
         else:
             add("tp", "all_reduce", joins * ring_all_reduce(act, tp))

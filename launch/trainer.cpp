@@ -498,11 +498,21 @@ int Trainer::run() {
       interval_iters_ = interval_skipped_ = timed_iters = 0;
       last = now;
     }
+    // Evaluation's and saving's traffic is not training's: keep it out of comm_bytes_per_iter.
+    const nlohmann::json before_extras = grid_.world_size() > 1 ? comm_report_json(grid_) : nlohmann::json();
     if (cfg_.eval_interval > 0 && it % cfg_.eval_interval == 0 && it != cfg_.train_iters) run_evaluation(it);
     const bool exiting = cfg_.exit_interval > 0 && it % cfg_.exit_interval == 0 && it != cfg_.train_iters;
     if (!cfg_.save.empty() && ((cfg_.save_interval > 0 && it % cfg_.save_interval == 0) || exiting)) {
       save(it);
       saved_last = true;
+    }
+    if (grid_.world_size() > 1) {
+      const nlohmann::json after = comm_report_json(grid_);
+      for (auto& [group, ops] : after.items())
+        for (auto& [op, bytes] : ops.items()) {
+          const uint64_t extra = bytes.get<uint64_t>() - before_extras[group][op].get<uint64_t>();
+          if (extra) comm_logged_[group][op] = comm_logged_.value(group, nlohmann::json::object()).value(op, uint64_t{0}) + extra;
+        }
     }
     if (exiting) {
       std::printf("exiting at iteration %lld (--exit-interval %lld)\n", static_cast<long long>(it),

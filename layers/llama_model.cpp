@@ -129,9 +129,9 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   }
   Tensor normed = Tensor::empty(x.shape(), dtype_, MemoryCategory::Activations, device_);
   final_norm_->forward(x, normed, ctx.final_norm);
-  ctx.normed = tp_.gather(normed);
+  ctx.normed = normed;  // this rank's rows (with SP); backward gathers them again
   ctx.logits = Tensor::empty({rows, lm_head_->out_features()}, dtype_, MemoryCategory::Activations, device_);
-  lm_head_->forward(ctx.normed, ctx.logits);
+  lm_head_->forward(tp_.gather(normed), ctx.logits);
   Tensor losses = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
   ctx.lse = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
   loss_->forward(ctx.logits, ctx.targets, losses, ctx.lse);
@@ -162,12 +162,13 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
     else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
     loss_->backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
     Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
-    lm_head_->backward(ctx.logits, ctx.normed, &dnormed);
-    ctx.logits = Tensor();  // the largest activation: free it as soon as possible
+    lm_head_->backward(ctx.logits, tp_.gather(ctx.normed), &dnormed);
+    ctx.logits = ctx.normed = ctx.lse = Tensor();  // the largest activation: free it as soon as possible
     if (!cfg_.tie_embeddings) final_from("lm_head.weight");
     dnormed = tp_.reduce(dnormed);  // column-parallel head: the input gradient is a partial sum
     dx = Tensor::zeros(dnormed.shape(), dtype_, MemoryCategory::Activations, device_);
     final_norm_->backward(dnormed, ctx.final_norm, dx);
+    ctx.final_norm = {};
     final_from("model.norm.weight");
   } else {
     if (!grad_output) throw std::logic_error("backward on a stage before the last needs the output's gradient");

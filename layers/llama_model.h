@@ -38,7 +38,7 @@ struct MicrobatchContext {
   std::vector<TransformerBlock::Saved> blocks;
   std::vector<Tensor> block_inputs;  // with full recomputation: all that is kept per block
   RMSNorm::Saved final_norm;
-  Tensor normed;  // final norm output, full rows [rows, hidden] (the output projection's input)
+  Tensor normed;  // final norm output (the output projection's input), in the residual layout
   Tensor logits;  // [rows, vocab]; replaced by its gradient in backward
   Tensor lse;     // [rows]
   // Pipeline activations are in the residual layout: [rows, hidden], or the

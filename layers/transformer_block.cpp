@@ -27,12 +27,14 @@ Tensor TransformerBlock::forward(const Tensor& x, int64_t batch, int64_t seq, Sa
     norm1_.forward(x, n1, saved.norm1);
     Tensor partial = zeros_like_rows(x, rows);
     attn_.forward(tp_.gather(n1), batch, seq, partial, saved.attn);
+    saved.attn.x = n1;  // with SP only this rank's rows are kept; backward gathers them again
     Tensor h = x.clone(MemoryCategory::Activations);
     ops::add_(h, tp_.reduce(partial));
     Tensor n2 = like(h);
     norm2_.forward(h, n2, saved.norm2);
     Tensor partial2 = zeros_like_rows(h, rows);
     mlp_.forward(tp_.gather(n2), partial2, saved.mlp);
+    saved.mlp.x = n2;
     Tensor out = h.clone(MemoryCategory::Activations);  // h is norm2's saved input: keep it
     ops::add_(out, tp_.reduce(partial2));
     return out;
@@ -53,11 +55,18 @@ Tensor TransformerBlock::backward(const Tensor& dout, const Saved& saved, int64_
   if (tp_.active()) {
     const int64_t rows = batch * seq;
     Tensor dh = dout.clone(MemoryCategory::Activations);
+    // The branches' inputs were kept as this rank's rows: gather them again
+    // (Megatron's choice: one more all-gather instead of T× the memory).
+    MLP::Saved mlp = saved.mlp;
+    mlp.x = tp_.gather(saved.mlp.x);
     Tensor dn2_partial = zeros_like_rows(dout, rows);
-    mlp_.backward(tp_.gather(dout), saved.mlp, dn2_partial);
+    mlp_.backward(tp_.gather(dout), mlp, dn2_partial);
+    mlp = {};
     norm2_.backward(tp_.reduce(dn2_partial), saved.norm2, dh);
+    Attention::Saved attn = saved.attn;
+    attn.x = tp_.gather(saved.attn.x);
     Tensor dn1_partial = zeros_like_rows(dout, rows);
-    attn_.backward(tp_.gather(dh), saved.attn, batch, seq, dn1_partial);
+    attn_.backward(tp_.gather(dh), attn, batch, seq, dn1_partial);
     Tensor dx = dh;
     norm1_.backward(tp_.reduce(dn1_partial), saved.norm1, dx);
     return dx;

@@ -121,7 +121,8 @@ TEST_F(ParallelLayouts, EveryLayoutTrainsLikeOneProcess) {
       const double la = a.at(it)["lm_loss"], lb = b.at(it)["lm_loss"];
       EXPECT_NEAR(lb, la, 1e-5 * la) << "iteration " << it;
       const double ga = a.at(it)["grad_norm"], gb = b.at(it)["grad_norm"];
-      EXPECT_NEAR(gb, ga, 1e-5 * ga) << "grad norm, iteration " << it;
+      // The norm sums squares of split tensors in other orders: looser than the loss.
+      EXPECT_NEAR(gb, ga, 1e-4 * ga) << "grad norm, iteration " << it;
     }
     EXPECT_NEAR(val_loss(run / (tag + ".jsonl")), val_loss(run / "one.jsonl"), 1e-5 * val_loss(run / "one.jsonl"));
     // The checkpoint, whatever layout wrote it, loads into one process and
@@ -221,12 +222,10 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
   for (const bool sp : {false, true}) {
     SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel");
     const std::string metrics = run / (sp ? "sp.jsonl" : "tp.jsonl");
-    // No evaluation, so that only training's traffic is counted.
-    std::string line = mpiexec(8) + bin("llm-train") + flags() + " --tensor-model-parallel-size 2" +
-                       " --pipeline-model-parallel-size 2" + (sp ? " --sequence-parallel" : "") +
-                       " --metrics-file " + metrics;
-    line.replace(line.find("--eval-iters 3"), 14, "--eval-iters 0");
-    auto r = run_tool(line);
+    // Evaluations every 3 iterations and a checkpoint every 4 must not count as training traffic.
+    auto r = train(8, " --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --eval-interval 3"
+                      " --save-interval 4 --save " + (run / (sp ? "ck_sp" : "ck")) +
+                          (sp ? " --sequence-parallel" : "") + " --metrics-file " + metrics);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto its = iterations(metrics);
     ASSERT_EQ(its.size(), 10u);
@@ -240,9 +239,11 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
     } else {
       // Each join is a reduce-scatter, each fork an all-gather (the same count
       // per micro-batch: 2 per layer each way, plus the embedding's backward
-      // gather), norm gradients summed once; activations sent are a tp-th.
+      // gather), and backward gathers again the two branch inputs per layer
+      // that forward kept as row shards; norm gradients summed once;
+      // activations sent are a tp-th.
       tp_reduce_scatter = joins * ring_part(act, tp);
-      tp_all_gather = joins * ring_part(act, tp);
+      tp_all_gather = (joins + static_cast<uint64_t>(micro_batches * 2 * stage_layers)) * ring_part(act, tp);
       tp_all_reduce += ring_all_reduce(static_cast<uint64_t>(stage_norm_elements) * 4, tp);
       pp_send = micro_batches * act / tp;
     }
