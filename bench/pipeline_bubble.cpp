@@ -51,7 +51,7 @@ const char* kUsage =
     "  --tf-ms X                forward time per micro-batch and stage, ms (default 20)\n"
     "  --tb-ratio R             t_b = R * t_f (default 2)\n"
     "  --micro-batches A,B,..   micro-batch counts m (default 4,8,16)\n"
-    "  --schedules S,..         1f1b and/or afab (default 1f1b,afab)\n"
+    "  --schedules S,..         1f1b, afab, 1f1b:vN (interleaved, N chunks per rank) (default 1f1b,afab)\n"
     "  --steps N                timed steps per point; the median is reported (default 5)\n"
     "  --warmup N               untimed steps first (default 1)\n"
     "  --activation-elements N  fp32 elements sent between stages (default 1024)\n"
@@ -96,7 +96,7 @@ int parse(int argc, char** argv, Options& o, std::string& err) {
       } else if (a == "--schedules") {
         o.schedules = split_commas(v);
         if (o.schedules.empty()) throw std::invalid_argument(v);
-        for (const auto& s : o.schedules) llm::pipeline_schedule_from_name(s);  // validates
+        for (const auto& s : o.schedules) llm::pipeline_schedule_from_name(s.substr(0, s.find(':')));  // validates
       } else {
         err = "unknown option " + a;
         return 2;
@@ -148,21 +148,25 @@ int main(int argc, char** argv) {
     std::fill(t.data<float>(), t.data<float>() + t.numel(), v);
     return t;
   };
-  step.forward = [&](int64_t m, const llm::Tensor&) {
+  int chunks = 1;  // interleaved: each of the v chunks does 1/v of a stage's work
+  step.forward = [&](int64_t m, int, const llm::Tensor&) {
     const auto t0 = Clock::now();
-    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(tf));
+    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(tf / chunks));
     work_ms += ms_since(t0);
     return activation(static_cast<float>(m));
   };
-  step.backward = [&](int64_t m, const llm::Tensor&) {
+  step.backward = [&](int64_t m, int, const llm::Tensor&) {
     const auto t0 = Clock::now();
-    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(tb));
+    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(tb / chunks));
     work_ms += ms_since(t0);
     return activation(static_cast<float>(-m));
   };
 
   for (const auto& sname : o.schedules) {
-    const llm::PipelineSchedule schedule = llm::pipeline_schedule_from_name(sname);
+    // "1f1b:v2": the interleaved schedule with 2 model chunks per rank.
+    const llm::PipelineSchedule schedule = llm::pipeline_schedule_from_name(sname.substr(0, sname.find(':')));
+    chunks = sname.find(":v") == std::string::npos ? 1 : std::stoi(sname.substr(sname.find(":v") + 2));
+    step.chunks = chunks;
     for (const int64_t m : o.micro) {
       std::vector<double> times, works;
       for (int s = 0; s < o.warmup + o.steps; ++s) {
@@ -182,7 +186,8 @@ int main(int argc, char** argv) {
       std::sort(works.begin(), works.end());
       const double T = times[times.size() / 2], work = works[works.size() / 2];
       const double ideal = static_cast<double>(m) * (tf.count() + tb.count());
-      const double bubble = (T - ideal) / ideal, theory = static_cast<double>(p - 1) / static_cast<double>(m);
+      const double bubble = (T - ideal) / ideal,
+                   theory = static_cast<double>(p - 1) / static_cast<double>(m * chunks);
       if (rank == 0) {
         std::printf("RESULT p=%d m=%lld schedule=%s tf_ms=%.3f tb_ms=%.3f T_ms=%.3f T_min_ms=%.3f T_max_ms=%.3f "
                     "ideal_ms=%.3f work_ms=%.3f bubble=%.5f theory=%.5f ratio=%.4f\n",

@@ -17,13 +17,13 @@ STEPS=3
 WARMUP=1
 STAGES="2,4"
 MICRO="4,8,16"
-SCHEDULES="1f1b,afab"
+SCHEDULES="1f1b,afab,1f1b:v2"
 
 usage() {
   cat <<EOF
 Usage: bench/pipeline_bubble.sh [options]
 
-Runs the real llm::run_pipeline (both schedules) over p MPI ranks whose stage
+Runs the real llm::run_pipeline (1F1B, AFAB and interleaved 1F1B) over p MPI ranks whose stage
 work is a sleep (forward t_f, backward t_b = R·t_f), measures the step time T
 (slowest rank, median of --steps steps, barrier before each) and prints a
 Markdown table of the measured bubble (T − m(t_f+t_b)) / (m(t_f+t_b)) against
@@ -37,7 +37,7 @@ Options:
   --warmup N             untimed steps first (default $WARMUP)
   --stages LIST          pipeline sizes p (default $STAGES)
   --micro-batches LIST   micro-batch counts m (default $MICRO)
-  --schedules LIST       1f1b,afab (default $SCHEDULES)
+  --schedules LIST       1f1b, afab, 1f1b:vN (interleaved, N chunks per rank) (default $SCHEDULES)
   --build-dir D          where bin/llm-bench-pipeline-bubble lives (default build;
                          build it with: cmake --build build --target llm-bench-pipeline-bubble)
   -h, --help             this help
@@ -114,12 +114,12 @@ print("per backward; T = step wall time (slowest rank, median); bubble = (T − 
 print("\"net of sleep overshoot\" uses W, the time the busiest stage actually spent in its m forwards and")
 print("backwards (the OS wakes a sleeper ~0.1–0.3 ms late), instead of m(t_f+t_b): (T − W)/W.")
 print()
-print("| p | m | schedule | T (ms) | measured bubble | (p−1)/m | ratio | net of sleep overshoot | ratio |")
+print("| p | m | schedule | T (ms) | measured bubble | (p−1)/m (÷v interleaved) | ratio | net of sleep overshoot | ratio |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     p, m = int(r["p"]), int(r["m"])
     T, W, ideal = float(r["T_ms"]), float(r["work_ms"]), float(r["ideal_ms"])
-    th = (p - 1) / m
+    th = float(r["theory"])  # (p − 1)/m, or (p − 1)/(v·m) interleaved
     b = (T - ideal) / ideal
     bn = (T - W) / W
     over = " (%d ranks on %d cores)" % (p, cores) if p > cores else ""

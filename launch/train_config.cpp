@@ -57,6 +57,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("pipeline-model-parallel-size", po::value(&c.pipeline_parallel)->default_value(1), "pipeline stages")
       ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard norms/residuals along the sequence (needs tensor parallelism)")
       ("pipeline-schedule", po::value(&schedule)->default_value(schedule), "1f1b or afab (all forward, all backward)")
+      ("num-layers-per-virtual-pipeline-stage", po::value(&c.layers_per_virtual_stage)->default_value(0), "interleaved 1F1B: blocks per model chunk, each rank holding num-layers / (pipeline size × this) chunks (0: not interleaved)")
       ("decoder-first-pipeline-num-layers", po::value(&c.first_stage_layers)->default_value(0), "blocks on the first pipeline stage (0: balanced split)")
       ("decoder-last-pipeline-num-layers", po::value(&c.last_stage_layers)->default_value(0), "blocks on the last pipeline stage (0: balanced split)")
       ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "elements per data-parallel gradient all-reduce bucket")
@@ -181,6 +182,23 @@ void validate(TrainConfig& c, int world) {
     throw UsageError(e.what());
   }
   need(c.ddp_bucket_size > 0, "--ddp-bucket-size must be positive");
+  if (c.layers_per_virtual_stage != 0) {
+    const int64_t n = c.layers_per_virtual_stage, p = c.pipeline_parallel;
+    const std::string flag = "--num-layers-per-virtual-pipeline-stage " + std::to_string(n);
+    need(n > 0, flag + ": must be positive");
+    need(p > 1, flag + " needs --pipeline-model-parallel-size > 1");
+    need(m.num_layers % (p * n) == 0 && m.num_layers / (p * n) >= 2,
+         flag + ": --num-layers " + std::to_string(m.num_layers) + " must be a multiple of --pipeline-model-parallel-size " +
+             std::to_string(p) + " × " + std::to_string(n) + " with at least two chunks per rank");
+    need(c.first_stage_layers == 0 && c.last_stage_layers == 0,
+         flag + " splits the layers evenly: drop --decoder-first/last-pipeline-num-layers");
+    need(c.pipeline_schedule == PipelineSchedule::OneFOneB, flag + " runs the interleaved 1F1B schedule: use --pipeline-schedule 1f1b");
+    const int64_t micro_batches = c.global_batch_size / (c.micro_batch_size * dp);
+    need(micro_batches % p == 0, flag + ": the interleaved schedule needs the micro-batches per step (--global-batch-size / "
+                                        "(--micro-batch-size × data-parallel size) = " + std::to_string(micro_batches) +
+                                        ") to be a multiple of --pipeline-model-parallel-size " + std::to_string(p));
+    need(micro_batches * m.num_layers / n < 16000, flag + ": too many micro-batch × chunk messages per step for MPI tags");
+  }
   need(!c.sequence_parallel || c.tensor_parallel > 1, "--sequence-parallel needs --tensor-model-parallel-size > 1");
   need(!c.sequence_parallel || (c.micro_batch_size * m.seq_length) % tp == 0,
        "--sequence-parallel splits the " + std::to_string(c.micro_batch_size * m.seq_length) +

@@ -36,6 +36,7 @@ struct TrainConfig {
   int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
   int64_t ddp_bucket_size = 4 << 20;
   PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;
+  int64_t layers_per_virtual_stage = 0;  // > 0: interleaved 1F1B with L / (pp · this) chunks per rank
   int64_t first_stage_layers = 0, last_stage_layers = 0;  // 0: balanced split  // elements per data-parallel gradient bucket
   bool sequence_parallel = false, bf16 = false, fp16 = false;
   std::string recompute_granularity;  // "", "full", "selective"
@@ -50,6 +51,12 @@ struct TrainConfig {
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
 
   int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }
+  // Model chunks per pipeline rank (1 unless --num-layers-per-virtual-pipeline-stage).
+  int virtual_stages() const {
+    return layers_per_virtual_stage > 0
+               ? static_cast<int>(model.resolved().num_layers / (pipeline_parallel * layers_per_virtual_stage))
+               : 1;
+  }
   // Micro-batches each data-parallel rank runs per optimizer step.
   int64_t accumulation_steps_per_rank(int64_t dp) const { return global_batch_size / (micro_batch_size * dp); }
 };

@@ -87,10 +87,19 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     eval_windows_ = std::make_unique<data::EvalWindows>(*train_data_, cfg_.model.seq_length, split.valid);
   }
 
+  // The layers this rank holds: one stage, or with virtual stages one chunk
+  // per model stage c·pp + pp_rank of pp·v equal stages.
+  std::vector<PipelineStage> chunks;
+  const int64_t layers = cfg_.model.resolved().num_layers;
+  const int v = cfg_.virtual_stages();
+  if (v == 1)
+    chunks.push_back(PipelineStage::split(layers, grid.pp_rank(), grid.pp_size(), cfg_.first_stage_layers,
+                                          cfg_.last_stage_layers));
+  else
+    for (int c = 0; c < v; ++c)
+      chunks.push_back(PipelineStage::balanced(layers, c * grid.pp_size() + grid.pp_rank(), grid.pp_size() * v));
   model_ = std::make_unique<LlamaModel>(
-      cfg_.model, DType::F32, Device::cpu(),
-      PipelineStage::split(cfg_.model.resolved().num_layers, grid.pp_rank(), grid.pp_size(), cfg_.first_stage_layers,
-                           cfg_.last_stage_layers),
+      cfg_.model, DType::F32, Device::cpu(), chunks,
       TensorParallel{grid.tp_size() > 1 ? &grid.tp() : nullptr, cfg_.sequence_parallel});
   model_->set_recompute_full(cfg_.recompute_granularity == "full");
   model_->set_recompute_selective(cfg_.recompute_granularity == "selective");
@@ -131,6 +140,9 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
               static_cast<long long>(eval_windows_ ? eval_windows_->count() : 0),
               static_cast<long long>(cfg_.global_batch_size), static_cast<long long>(cfg_.micro_batch_size),
               static_cast<long long>(cfg_.accumulation_steps_per_rank(dp_.size())));
+  if (v > 1)
+    std::printf("interleaved pipeline: %d model chunks of %lld layers per rank (%d virtual stages)\n", v,
+                static_cast<long long>(cfg_.layers_per_virtual_stage), v * grid_.pp_size());
   if (grid_.tp_size() > 1)
     std::printf("tensor parallel: %d ranks (heads, query groups, ffn and vocabulary split)%s\n", grid_.tp_size(),
                 cfg_.sequence_parallel ? ", sequence parallel (norms and residuals split along the tokens)" : "");
@@ -181,26 +193,30 @@ double Trainer::all_reduce_sum(Communicator& group, double x) {
 
 double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
-  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(steps));
+  const int chunks = model_->num_chunks();
+  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(steps * chunks));
   double loss_sum = 0.0;
   PipelineStep step;
+  step.chunks = chunks;
   step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
-  step.forward = [&](int64_t m, const Tensor& input) {
+  step.forward = [&](int64_t m, int chunk, const Tensor& input) {
     // Micro-batch m of every rank together reads samples [m·micro·dp, (m+1)·micro·dp)
     // of the global batch, rank r the r-th micro-batch of them: the union over
     // ranks and micro-batches is exactly the global batch one process would read.
     sampler_->fill(consumed_samples_ + (m * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
-    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
     model_->set_batch(ctx, batch_tokens_.data(), micro, S);
+    ctx.chunk = chunk;
     ctx.input_hidden = input;
     loss_sum += model_->forward(ctx);
     return ctx.output_hidden;
   };
-  step.backward = [&](int64_t m, const Tensor& grad_output) {
-    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+  step.backward = [&](int64_t m, int chunk, const Tensor& grad_output) {
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
     // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
     // summing the ranks' gradients then gives the gradient of the global mean.
-    // The last micro-batch's backward starts the data-parallel buckets as it goes.
+    // The last micro-batch's backward starts the data-parallel buckets as it
+    // goes (interleaved: each chunk's last, the later chunks' first).
     std::function<void(int64_t)> on_final;
     if (buckets_ && m + 1 == steps) on_final = [&](int64_t offset) { buckets_->grads_final_from(offset); };
     model_->backward(ctx, 1.0 / tokens_in_batch, on_final, grad_output.defined() ? &grad_output : nullptr);
@@ -232,18 +248,26 @@ double Trainer::global_grad_norm_over_stages(bool tied_copy) {
     local.assign(sums.data<double>(), sums.data<double>() + sums.numel());
   }
   if (pp_.size() == 1) return norm_of_sums(local);
-  if (norm_slots_total_ == 0) {  // where this stage's parameters sit in the global order: asked once
-    Tensor mine = Tensor::empty({1}, DType::I32, MemoryCategory::Communication);
-    mine.data<int32_t>()[0] = static_cast<int32_t>(local.size());
-    Tensor counts = Tensor::empty({pp_.size()}, DType::I32, MemoryCategory::Communication);
+  if (norm_slots_total_ == 0) {  // where this rank's parameters sit in the global order: asked once
+    // Model stage c·pp + r is chunk c of pipeline rank r; its parameters follow
+    // those of all lower stages. Gather every (rank, chunk)'s count.
+    const int chunks = model_->num_chunks(), p = pp_.size();
+    Tensor mine = Tensor::empty({chunks}, DType::I32, MemoryCategory::Communication);
+    for (int c = 0; c < chunks; ++c)
+      mine.data<int32_t>()[c] = static_cast<int32_t>(model_->chunk_param_begin(c + 1) - model_->chunk_param_begin(c));
+    Tensor counts = Tensor::empty({p * chunks}, DType::I32, MemoryCategory::Communication);
     pp_.all_gather(mine, counts);
-    for (int s = 0; s < pp_.size(); ++s) {
-      if (s < pp_.rank()) norm_slots_offset_ += counts.data<int32_t>()[s];
-      norm_slots_total_ += counts.data<int32_t>()[s];
-    }
+    auto count_of_stage = [&](int stage) { return counts.data<int32_t>()[(stage % p) * chunks + stage / p]; };
+    std::vector<int64_t> stage_offset(static_cast<size_t>(p * chunks) + 1, 0);
+    for (int st = 0; st < p * chunks; ++st) stage_offset[st + 1] = stage_offset[st] + count_of_stage(st);
+    norm_slots_total_ = stage_offset.back();
+    norm_slot_of_.assign(local.size(), 0);
+    for (int c = 0; c < chunks; ++c)
+      for (size_t i = model_->chunk_param_begin(c); i < model_->chunk_param_begin(c + 1); ++i)
+        norm_slot_of_[i] = stage_offset[c * p + pp_.rank()] + static_cast<int64_t>(i - model_->chunk_param_begin(c));
   }
   Tensor all = Tensor::zeros({norm_slots_total_}, DType::F64, MemoryCategory::Communication);
-  for (size_t i = 0; i < local.size(); ++i) all.data<double>()[norm_slots_offset_ + static_cast<int64_t>(i)] = local[i];
+  for (size_t i = 0; i < local.size(); ++i) all.data<double>()[norm_slot_of_[i]] = local[i];
   pp_.all_reduce(all, ReduceOp::Sum);  // one non-zero term per slot: exact
   return norm_of_sums(std::vector<double>(all.data<double>(), all.data<double>() + norm_slots_total_));
 }
@@ -319,14 +343,20 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   std::vector<int32_t> buf(static_cast<size_t>(micro * (S + 1)));
   // Every micro-batch has the full size so activations have one shape; a
   // short last batch repeats windows whose losses are then not counted.
-  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(batches));
+  // The interleaved schedule needs whole groups of pp micro-batches: pad with empty ones.
+  const int chunks = model_->num_chunks();
+  const int64_t scheduled = chunks > 1 ? (batches + pp_.size() - 1) / pp_.size() * pp_.size() : batches;
+  std::vector<MicrobatchContext> ctxs(static_cast<size_t>(scheduled * chunks));
   PipelineStep step;
+  step.chunks = chunks;
   step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
-  step.forward = [&](int64_t m, const Tensor& input) {
-    const int64_t n = std::min(micro, count - m * micro);
-    for (int64_t i = 0; i < micro; ++i) eval_windows_->fill(first + m * micro + std::min(i, n - 1), 1, buf.data() + i * (S + 1));
-    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m)];
+  step.forward = [&](int64_t m, int chunk, const Tensor& input) {
+    const int64_t n = std::max<int64_t>(0, std::min(micro, count - m * micro));  // windows that count
+    for (int64_t i = 0; i < micro; ++i)  // padding rows repeat a counted window (ignored below)
+      eval_windows_->fill(first + (n > 0 ? m * micro + std::min(i, n - 1) : 0), 1, buf.data() + i * (S + 1));
+    MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
     model_->set_batch(ctx, buf.data(), micro, S);
+    ctx.chunk = chunk;
     int32_t* targets = ctx.targets.data<int32_t>();
     for (int64_t i = n * S; i < micro * S; ++i) targets[i] = -1;  // padding rows: ignored
     ctx.input_hidden = input;
@@ -336,7 +366,7 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
     ctx = MicrobatchContext{};
     return out;
   };
-  run_pipeline(PipelineSchedule::ForwardOnly, batches, pp_, step);
+  run_pipeline(PipelineSchedule::ForwardOnly, scheduled, pp_, step);
   r.loss = r.tokens ? sum / static_cast<double>(r.tokens) : 0.0;
   return r;
 }

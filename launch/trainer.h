@@ -63,7 +63,8 @@ class Trainer {
   EvalResult evaluate_share(int64_t first, int64_t count);
   double global_grad_norm_over_stages(bool tied_copy);
   void reduce_replicated_grads_over_tp();
-  int64_t norm_slots_offset_ = 0, norm_slots_total_ = 0;  // this stage's parameters in the global order
+  int64_t norm_slots_total_ = 0;      // parameters of the whole model
+  std::vector<int64_t> norm_slot_of_;  // this rank's parameter i: its place in the global order
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
   TrainConfig cfg_;
   ProcessGrid& grid_;

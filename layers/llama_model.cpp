@@ -41,7 +41,12 @@ PipelineStage PipelineStage::split(int64_t layers, int stage, int stages, int64_
 
 LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, PipelineStage stage,
                        const TensorParallel& tp)
-    : cfg_(cfg.resolved()), stage_(stage), tp_(tp), dtype_(dtype), device_(device), store_(dtype, device) {
+    : LlamaModel(cfg, dtype, device, std::vector<PipelineStage>{stage}, tp) {}
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, std::vector<PipelineStage> chunks,
+                       const TensorParallel& tp)
+    : cfg_(cfg.resolved()), chunks_(std::move(chunks)), tp_(tp), dtype_(dtype), device_(device),
+      store_(dtype, device) {
   cfg_.validate();
   if (tp_.active()) {
     const int t = tp_.size();
@@ -55,16 +60,29 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, Pipel
     need(cfg_.vocab_size, "the vocabulary size");
     need(cfg_.ffn(), "--ffn-hidden-size");
   }
-  if (stage_.num_layers < 0) stage_.num_layers = cfg_.num_layers - stage_.first_layer;
-  if (stage_.first_layer < 0 || stage_.first_layer + stage_.num_layers > cfg_.num_layers)
-    throw std::invalid_argument("pipeline stage layers out of range");
-  // Registration order is the flat-buffer order: Hugging Face's parameter order.
-  if (stage_.first)
-    embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
-                                         cfg_.init_std, tp_);
-  for (int64_t i = stage_.first_layer; i < stage_.first_layer + stage_.num_layers; ++i)
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_, tp_));
-  if (stage_.last) {
+  if (chunks_.empty()) throw std::invalid_argument("a model needs at least one chunk of layers");
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    PipelineStage& ch = chunks_[c];
+    if (ch.num_layers < 0) ch.num_layers = cfg_.num_layers - ch.first_layer;
+    if (ch.first_layer < 0 || ch.first_layer + ch.num_layers > cfg_.num_layers)
+      throw std::invalid_argument("pipeline stage layers out of range");
+    if ((ch.first && c != 0) || (ch.last && c + 1 != chunks_.size()))
+      throw std::invalid_argument("only a rank's first chunk may hold the embedding and only its last the head");
+  }
+  // Registration order is the flat-buffer order: Hugging Face's parameter
+  // order within each chunk, and the chunks in model order.
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const PipelineStage& ch = chunks_[c];
+    chunk_blocks_.push_back(blocks_.size());
+    chunk_params_.push_back(store_.infos().size());
+    if (ch.first)
+      embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
+                                           cfg_.init_std, tp_);
+    for (int64_t i = ch.first_layer; i < ch.first_layer + ch.num_layers; ++i)
+      blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_, tp_));
+  }
+  chunk_blocks_.push_back(blocks_.size());
+  if (chunks_.back().last) {
     final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
     if (cfg_.tie_embeddings && embed_)
       lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
@@ -79,7 +97,13 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, Pipel
     // The output projection is vocab-parallel like the embedding: rank r holds rows [r·V/tp, (r+1)·V/tp).
     loss_ = std::make_unique<LanguageModelLoss>(cfg_.vocab_size, tp_.rank() * tp_.part(cfg_.vocab_size), tp_);
   }
+  chunk_params_.push_back(store_.infos().size());
   store_.allocate();
+}
+
+int64_t LlamaModel::chunk_param_offset(int chunk) const {
+  const size_t i = chunk_params_.at(static_cast<size_t>(chunk));
+  return i < store_.infos().size() ? store_.infos()[i].offset : store_.numel();
 }
 
 void LlamaModel::set_recompute_selective(bool on) {
@@ -102,26 +126,28 @@ void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64
 
 double LlamaModel::forward(MicrobatchContext& ctx) const {
   const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
+  const PipelineStage& chunk = chunks_.at(static_cast<size_t>(ctx.chunk));
+  const size_t b0 = chunk_blocks_[ctx.chunk], nb = chunk_blocks_[ctx.chunk + 1] - b0;
   Tensor x;
-  if (embed_) {
+  if (chunk.first) {
     x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
     embed_->forward(ctx.inputs, x);
     x = tp_.reduce(x);  // vocab-parallel: each rank looked up its own rows
   } else {
     x = ctx.input_hidden;
   }
-  ctx.blocks.assign(blocks_.size(), {});
-  ctx.block_inputs.assign(recompute_full_ ? blocks_.size() : 0, {});
-  for (size_t i = 0; i < blocks_.size(); ++i) {
+  ctx.blocks.assign(nb, {});
+  ctx.block_inputs.assign(recompute_full_ ? nb : 0, {});
+  for (size_t i = 0; i < nb; ++i) {
     if (recompute_full_) {
       ctx.block_inputs[i] = x;
       TransformerBlock::Saved scratch;  // dropped here, rebuilt in backward
-      x = blocks_[i]->forward(x, ctx.batch, ctx.seq, scratch);
+      x = blocks_[b0 + i]->forward(x, ctx.batch, ctx.seq, scratch);
     } else {
-      x = blocks_[i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
+      x = blocks_[b0 + i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
     }
   }
-  if (!lm_head_) {  // a stage before the last: the loss is computed downstream
+  if (!chunk.last) {  // a stage before the last: the loss is computed downstream
     ctx.output_hidden = x;
     ctx.loss_sum = 0.0;
     ctx.num_targets = 0;
@@ -155,8 +181,10 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
   auto final_from = [&](const std::string& first_param) {
     if (grads_final) grads_final(store_.info(first_param).offset);
   };
+  const PipelineStage& chunk = chunks_.at(static_cast<size_t>(ctx.chunk));
+  const size_t b0 = chunk_blocks_[ctx.chunk];
   Tensor dx;
-  if (lm_head_) {
+  if (chunk.last) {
     Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
     if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
     else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
@@ -174,19 +202,20 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::funct
     if (!grad_output) throw std::logic_error("backward on a stage before the last needs the output's gradient");
     dx = grad_output->clone(MemoryCategory::Activations);
   }
-  for (size_t i = blocks_.size(); i-- > 0;) {
-    if (recompute_full_) {
-      blocks_[i]->forward(ctx.block_inputs[i], ctx.batch, ctx.seq, ctx.blocks[i]);  // same kernels, same values
+  for (size_t i = ctx.blocks.size(); i-- > 0;) {
+    if (recompute_full_) {  // same kernels, same values
+      blocks_[b0 + i]->forward(ctx.block_inputs[i], ctx.batch, ctx.seq, ctx.blocks[i]);
       ctx.block_inputs[i] = Tensor();
     }
-    dx = blocks_[i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
+    dx = blocks_[b0 + i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
     ctx.blocks[i] = {};  // release this block's activations
-    final_from("model.layers." + std::to_string(stage_.first_layer + static_cast<int64_t>(i)) +
+    final_from("model.layers." + std::to_string(chunk.first_layer + static_cast<int64_t>(i)) +
                ".input_layernorm.weight");
   }
-  if (embed_) embed_->backward(ctx.inputs, tp_.gather(dx));
+  if (chunk.first) embed_->backward(ctx.inputs, tp_.gather(dx));
   else ctx.input_grad = dx;
-  if (grads_final) grads_final(0);
+  // Everything from this chunk's first parameter on is final (later chunks finished earlier).
+  if (grads_final) grads_final(chunk_param_offset(ctx.chunk));
 }
 
 LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {
@@ -202,7 +231,7 @@ LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {
 }
 
 std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, DecodeState& state) const {
-  if (tp_.active() || !stage_.first || !stage_.last)
+  if (tp_.active() || chunks_.size() != 1 || !chunks_[0].first || !chunks_[0].last)
     throw std::logic_error("decode runs on one process holding the whole model (load the checkpoint unsplit)");
   const int64_t n = static_cast<int64_t>(tokens.size()), d = cfg_.hidden_size, V = cfg_.vocab_size;
   Tensor ids = Tensor::empty({n}, DType::I32, MemoryCategory::Activations);

@@ -34,6 +34,7 @@ struct PipelineStage {
 // Dropping it and re-running forward is activation recomputation.
 struct MicrobatchContext {
   int64_t batch = 0, seq = 0;
+  int chunk = 0;  // which of the rank's model chunks (interleaved pipeline)
   Tensor inputs, targets;  // I32 [batch·seq]
   std::vector<TransformerBlock::Saved> blocks;
   std::vector<Tensor> block_inputs;  // with full recomputation: all that is kept per block
@@ -56,7 +57,16 @@ class LlamaModel {
   // layers/tensor_parallel.h); the default is one rank holding everything.
   LlamaModel(const ModelConfig& cfg, DType dtype = DType::F32, Device device = Device::cpu(),
              PipelineStage stage = {}, const TensorParallel& tp = {});
-  const PipelineStage& stage() const { return stage_; }
+  // Several chunks of layers on one rank (interleaved pipeline: chunk c of
+  // rank r is model stage c·p + r); MicrobatchContext::chunk picks the one a
+  // forward/backward runs. Only chunk 0 may hold the embedding and only the
+  // last chunk the head.
+  LlamaModel(const ModelConfig& cfg, DType dtype, Device device, std::vector<PipelineStage> chunks,
+             const TensorParallel& tp = {});
+  const std::vector<PipelineStage>& chunks() const { return chunks_; }
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  // Parameters registered by chunk c are infos [chunk_param_begin(c), chunk_param_begin(c + 1)).
+  size_t chunk_param_begin(int c) const { return chunk_params_.at(static_cast<size_t>(c)); }
   const TensorParallel& tensor_parallel() const { return tp_; }
   // Rows of the activations passed between stages for `rows` tokens.
   int64_t activation_rows(int64_t rows) const { return tp_.residual_rows(rows); }
@@ -95,7 +105,10 @@ class LlamaModel {
 
  private:
   ModelConfig cfg_;
-  PipelineStage stage_;
+  std::vector<PipelineStage> chunks_;
+  std::vector<size_t> chunk_blocks_;  // chunk c's blocks: [chunk_blocks_[c], chunk_blocks_[c + 1])
+  std::vector<size_t> chunk_params_;  // chunk c's parameter infos, likewise
+  int64_t chunk_param_offset(int chunk) const;  // flat offset of the chunk's first parameter
   TensorParallel tp_;
   bool recompute_full_ = false;
   DType dtype_;

@@ -99,15 +99,18 @@ TEST_F(ParallelLayouts, EveryLayoutTrainsLikeOneProcess) {
 
   const std::string sp = " --sequence-parallel", afab = " --pipeline-schedule afab";
   const std::string full = " --recompute-granularity full", selective = " --recompute-granularity selective";
+  const std::string interleaved = " --num-layers-per-virtual-pipeline-stage 1";  // 2 chunks per rank at pp 2
   // Each layout of {tp, pp, dp} ⊂ {1, 2, 4}, tp·pp·dp ≤ 8, that the model admits,
-  // with sequence parallelism, both schedules and both recomputations spread over them.
+  // with sequence parallelism, both schedules (and the interleaved one) and both
+  // recomputations spread over them.
   const std::vector<Layout> layouts = {
       {2, 1, 1, ""},          {2, 1, 1, sp + selective}, {1, 2, 1, ""},           {1, 2, 1, afab + full},
       {1, 1, 2, ""},          {1, 1, 2, selective},      {4, 1, 1, sp},           {4, 1, 1, full},
       {1, 4, 1, ""},          {1, 4, 1, afab + selective}, {2, 2, 1, sp},         {2, 2, 1, afab + full},
       {2, 1, 2, sp + full},   {2, 1, 2, ""},             {1, 2, 2, afab},         {1, 2, 2, selective},
       {2, 2, 2, ""},          {2, 2, 2, sp + afab + full}, {4, 2, 1, sp + selective}, {4, 1, 2, ""},
-      {1, 4, 2, full},
+      {1, 4, 2, full},        {1, 2, 1, interleaved},    {2, 2, 1, sp + interleaved + full},
+      {1, 2, 2, interleaved + selective}, {2, 2, 2, interleaved},
   };
   for (const auto& l : layouts) {
     SCOPED_TRACE(l.name());
@@ -153,7 +156,9 @@ TEST_F(ParallelLayouts, TiedEmbeddingsSplitOverTensorAndPipelineRanks) {
   ASSERT_EQ(one.exit_code, 0) << one.output;
   const auto a = iterations(run / "one.jsonl");
   for (const std::string layout : {" --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2",
-                                   " --tensor-model-parallel-size 4 --sequence-parallel"}) {
+                                   " --tensor-model-parallel-size 4 --sequence-parallel",
+                                   " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1"
+                                   " --tensor-model-parallel-size 2"}) {
     SCOPED_TRACE(layout);
     auto r = train(4, layout + " --tie-embeddings --metrics-file " + (run / "tp.jsonl"));
     ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -172,12 +177,14 @@ TEST_F(ParallelLayouts, CheckpointResumesUnderAnotherLayout) {
   ASSERT_EQ(one.exit_code, 0) << one.output;
   const auto a = iterations(run / "one.jsonl");
   // Saved at iteration 5 by tp2·pp2 (weights split along rows and columns,
-  // layers over two stages), resumed by tp4, by pp2·dp2 and by one process.
+  // layers over two stages), resumed by tp4, by pp2·dp2, by interleaved pp2
+  // (two chunks per rank) and by one process.
   auto first = train(4, " --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --exit-interval 5 --save " +
                             (run / "ck"));
   ASSERT_EQ(first.exit_code, 0) << first.output;
   const std::vector<std::pair<int, std::string>> resumes = {
-      {4, " --tensor-model-parallel-size 4 --sequence-parallel"}, {4, " --pipeline-model-parallel-size 2"}, {1, ""}};
+      {4, " --tensor-model-parallel-size 4 --sequence-parallel"}, {4, " --pipeline-model-parallel-size 2"},
+      {2, " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1"}, {1, ""}};
   for (const auto& [ranks, layout] : resumes) {
     SCOPED_TRACE(layout);
     const std::string metrics = run / ("resume" + std::to_string(ranks) + std::to_string(layout.size()) + ".jsonl");
@@ -277,6 +284,12 @@ TEST_F(ParallelLayouts, InvalidLayoutsFailOnEveryRankWithoutHanging) {
       {2, " --global-batch-size 6 --micro-batch-size 4",
        "--global-batch-size 6 is not divisible by --micro-batch-size 4 × data-parallel size 2"},
       {2, " --sequence-parallel", "--sequence-parallel needs --tensor-model-parallel-size > 1"},
+      {2, " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1 --global-batch-size 6",
+       "the interleaved schedule needs the micro-batches per step (--global-batch-size / (--micro-batch-size × "
+       "data-parallel size) = 3) to be a multiple of --pipeline-model-parallel-size 2"},
+      {2, " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 2",
+       "--num-layers-per-virtual-pipeline-stage 2: --num-layers 4 must be a multiple of --pipeline-model-parallel-size 2 × 2 "
+       "with at least two chunks per rank"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.flags);
