@@ -206,7 +206,7 @@ void validate(TrainConfig& c, int world) {
            std::to_string(tp) + ": they must divide evenly");
   // ZeRO and mixed precision arrive with their own issue; until then say so plainly.
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
-  need(c.zero_stage == 0, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0");
+  need(c.zero_stage <= 1, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0 or 1");
   need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
   need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
   need(c.recompute_granularity.empty() || c.recompute_granularity == "full" || c.recompute_granularity == "selective",

@@ -103,8 +103,20 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
       TensorParallel{grid.tp_size() > 1 ? &grid.tp() : nullptr, cfg_.sequence_parallel});
   model_->set_recompute_full(cfg_.recompute_granularity == "full");
   model_->set_recompute_selective(cfg_.recompute_granularity == "selective");
-  optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
-  if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
+  if (zero_sharded()) {
+    // ZeRO-1: the flat buffers split into dp equal ranges (padded); this rank
+    // keeps Adam's moments for its own range only, receives its range of the
+    // summed gradients (reduce-scatter) and shares its updated parameters
+    // with the others (all-gather).
+    ParameterStore& ps = model_->params();
+    ps.pad_to_multiple(dp_.size());
+    const int64_t shard = ps.padded_numel() / dp_.size();
+    optimizer_ = std::make_unique<AdamW>(ps, cfg_.adam, dp_.rank() * shard, (dp_.rank() + 1) * shard);
+    grad_shard_ = Tensor::zeros({shard}, ps.dtype(), MemoryCategory::Gradients);
+  } else {
+    optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
+    if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
+  }
   if (!cfg_.load.empty()) {
     CheckpointOnDisk ck = open_checkpoint(cfg_.load);
     if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
@@ -112,7 +124,18 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
                                " differs from the one configured " + nlohmann::json(model_->config()).dump() +
                                "; use the same model flags as the saved run");
     load_model_weights(ck, *model_);
-    load_optimizer_state(ck, *optimizer_);
+    if (zero_sharded()) {  // load the whole state, keep this rank's range
+      AdamW full(model_->params(), cfg_.adam);
+      load_optimizer_state(ck, full);
+      optimizer_->set_steps_taken(full.steps_taken());
+      const int64_t b = optimizer_->begin(), n = std::max<int64_t>(0, std::min(optimizer_->end(), full.exp_avg().numel()) - b);
+      if (n > 0) {
+        optimizer_->exp_avg().flat_view(0, {n}).copy_from(full.exp_avg().flat_view(b, {n}));
+        optimizer_->exp_avg_sq().flat_view(0, {n}).copy_from(full.exp_avg_sq().flat_view(b, {n}));
+      }
+    } else {
+      load_optimizer_state(ck, *optimizer_);
+    }
     iteration_ = ck.state.iteration;
     consumed_samples_ = ck.state.consumed_samples;
     skipped_ = ck.state.skipped_iterations;
@@ -146,7 +169,12 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
   if (grid_.tp_size() > 1)
     std::printf("tensor parallel: %d ranks (heads, query groups, ffn and vocabulary split)%s\n", grid_.tp_size(),
                 cfg_.sequence_parallel ? ", sequence parallel (norms and residuals split along the tokens)" : "");
-  if (dp_.size() > 1)
+  if (zero_sharded())
+    std::printf("data parallel: %d ranks, ZeRO stage 1: Adam state for %lld of %lld parameters per rank, gradients "
+                "reduce-scattered, parameters all-gathered\n", dp_.size(),
+                static_cast<long long>(optimizer_->end() - optimizer_->begin()),
+                static_cast<long long>(model_->params().numel()));
+  else if (dp_.size() > 1)
     std::printf("data parallel: %d ranks, gradients all-reduced in %lld bucket(s) of up to %lld elements, overlapped "
                 "with backward\n", dp_.size(), static_cast<long long>(buckets_->num_buckets()),
                 static_cast<long long>(cfg_.ddp_bucket_size));
@@ -232,8 +260,22 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
 // consecutive runs of the parameters, in stage order) and summed in that order:
 // the norm is the same bit for bit under any pipeline split.
 double Trainer::global_grad_norm_over_stages(bool tied_copy) {
-  std::vector<double> local = grad_sums_of_squares(model_->params());
   const auto& infos = model_->params().infos();
+  std::vector<double> local;
+  if (zero_sharded()) {
+    // Each rank holds the summed gradient of its range only: per-parameter
+    // sums of squares over the ranges, added up over dp.
+    Tensor sums = Tensor::zeros({static_cast<int64_t>(infos.size())}, DType::F64, MemoryCategory::Communication);
+    const int64_t b = optimizer_->begin(), e = optimizer_->end();
+    for (size_t i = 0; i < infos.size(); ++i) {
+      const int64_t lo = std::max(b, infos[i].offset), hi = std::min(e, infos[i].offset + infos[i].numel);
+      if (lo < hi) sums.data<double>()[i] = ops::sum_of_squares(grad_shard_.flat_view(lo - b, {hi - lo}));
+    }
+    dp_.all_reduce(sums, ReduceOp::Sum);
+    local.assign(sums.data<double>(), sums.data<double>() + sums.numel());
+  } else {
+    local = grad_sums_of_squares(model_->params());
+  }
   if (tied_copy && grid_.is_last_stage()) {  // the shared embedding is counted once, on the first stage
     for (size_t i = 0; i < infos.size(); ++i)
       if (infos[i].name == "model.embed_tokens.weight") local[i] = 0.0;
@@ -292,6 +334,7 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
     Tensor g = model_->params().grads().flat_view(e.offset, e.shape);
     grid_.embedding().all_reduce(g, ReduceOp::Sum);
   }
+  if (zero_sharded()) dp_.reduce_scatter(model_->params().grads(), grad_shard_, ReduceOp::Sum);
   // The loss lives on the last stage; each parameter on exactly one stage.
   r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
   r.grad_norm = global_grad_norm_over_stages(tied_copy);
@@ -299,7 +342,12 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
   } else {
-    optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad));
+    optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad), zero_sharded() ? &grad_shard_ : nullptr);
+    if (zero_sharded()) {  // every rank updated its range: share them (in place)
+      Tensor& values = model_->params().values();
+      Tensor mine = values.flat_view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()});
+      dp_.all_gather(mine, values);
+    }
   }
   consumed_samples_ += cfg_.global_batch_size;
   return r;
@@ -415,13 +463,27 @@ void Trainer::save(int64_t iteration) {
   const auto t0 = std::chrono::steady_clock::now();
   if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
   world.barrier();
+  // ZeRO: the moments are spread over the dp ranks; gather them (a
+  // collective) so that dp rank 0 writes the whole state as without ZeRO.
+  std::unique_ptr<AdamW> gathered;
+  if (zero_sharded()) {
+    ParameterStore& ps = model_->params();
+    gathered = std::make_unique<AdamW>(ps, cfg_.adam);
+    gathered->set_steps_taken(optimizer_->steps_taken());
+    Tensor all = Tensor::empty({ps.padded_numel()}, ps.dtype(), MemoryCategory::OptimizerState);
+    for (int k = 0; k < 2; ++k) {
+      dp_.all_gather(k == 0 ? optimizer_->exp_avg() : optimizer_->exp_avg_sq(), all);
+      (k == 0 ? gathered->exp_avg() : gathered->exp_avg_sq()).copy_from(all.flat_view(0, {ps.numel()}));
+    }
+  }
+  const AdamW* to_write = gathered ? gathered.get() : optimizer_.get();
   if (dp_.rank() == 0) {
     std::vector<std::string> skip;
     if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
     if (grid_.tp_rank() != 0)  // parameters every tp rank holds whole are written by tp rank 0
       for (const auto& p : model_->params().infos())
         if (p.replicated) skip.push_back(p.name);
-    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, optimizer_.get(), skip);
+    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, to_write, skip);
   }
   world.barrier();
   if (grid_.world_rank() == 0) {
@@ -437,7 +499,7 @@ void Trainer::save(int64_t iteration) {
     c.state.extra = {{"interval_loss_sum", interval_loss_}, {"interval_iters", interval_iters_},
                      {"interval_skipped", interval_skipped_}};
     c.layout = {{"tensor_parallel", grid_.tp_size()}, {"pipeline_parallel", grid_.pp_size()},
-                {"data_parallel", grid_.dp_size()}, {"zero_stage", 0}, {"dtype", "F32"}};
+                {"data_parallel", grid_.dp_size()}, {"zero_stage", cfg_.zero_stage}, {"dtype", "F32"}};
     c.args = args_json();
     c.tokenizer_model = cfg_.tokenizer_model;
     const std::string dir = commit_checkpoint(cfg_.save, c);

@@ -65,6 +65,9 @@ class Trainer {
   void reduce_replicated_grads_over_tp();
   int64_t norm_slots_total_ = 0;      // parameters of the whole model
   std::vector<int64_t> norm_slot_of_;  // this rank's parameter i: its place in the global order
+  // ZeRO stage 1 over more than one data-parallel rank: the optimizer state is sharded.
+  bool zero_sharded() const { return cfg_.zero_stage >= 1 && dp_.size() > 1; }
+  Tensor grad_shard_;  // ZeRO: this rank's range of the summed gradients
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
   TrainConfig cfg_;
   ProcessGrid& grid_;

@@ -32,6 +32,13 @@ void ParameterStore::allocate() {
   grads_ = Tensor::zeros({total_}, dtype_, MemoryCategory::Gradients, device_);
 }
 
+void ParameterStore::pad_to_multiple(int64_t m) {
+  const int64_t padded = (total_ + m - 1) / m * m;
+  if (values_.defined() && values_.numel() == padded) return;
+  values_ = Tensor::zeros({padded}, dtype_, MemoryCategory::Parameters, device_);
+  grads_ = Tensor::zeros({padded}, dtype_, MemoryCategory::Gradients, device_);
+}
+
 const ParameterInfo& ParameterStore::info(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) throw std::out_of_range("no parameter named '" + name + "'");

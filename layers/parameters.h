@@ -59,6 +59,11 @@ class ParameterStore {
                const TensorShard& shard = {});
   // Allocates the flat buffers (values and zeroed gradients).
   void allocate();
+  // Grows both buffers (still zero: call before initialize or load) to a
+  // multiple of m elements, so they split into m equal shards (ZeRO). The
+  // padding belongs to no parameter and stays zero; numel() is unchanged.
+  void pad_to_multiple(int64_t m);
+  int64_t padded_numel() const { return values_.defined() ? values_.numel() : total_; }
   // Value of element i of the FULL parameter p = normal(seed, p.name, i)·std
   // (or 1 for norms): independent of layout (a tensor-parallel part draws
   // the values of its full-tensor indices), thread count and registration order.

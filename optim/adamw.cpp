@@ -2,34 +2,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "core/ops.h"
 
 namespace llm {
 
-AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : params_(params), cfg_(cfg) {
+AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg, int64_t begin, int64_t end)
+    : params_(params), cfg_(cfg), begin_(begin), end_(end < 0 ? params.numel() : end) {
+  if (begin_ < 0 || begin_ > end_) throw std::invalid_argument("AdamW: invalid range");
   const Device dev = params.values().device();
-  exp_avg_ = Tensor::zeros({params.numel()}, params.dtype(), MemoryCategory::OptimizerState, dev);
-  exp_avg_sq_ = Tensor::zeros({params.numel()}, params.dtype(), MemoryCategory::OptimizerState, dev);
+  exp_avg_ = Tensor::zeros({end_ - begin_}, params.dtype(), MemoryCategory::OptimizerState, dev);
+  exp_avg_sq_ = Tensor::zeros({end_ - begin_}, params.dtype(), MemoryCategory::OptimizerState, dev);
 }
 
-void AdamW::step(double lr, double grad_scale) {
+void AdamW::step(double lr, double grad_scale, const Tensor* grads) {
   ++step_;
-  // Adjacent parameters with the same decay form one range: one kernel call each.
+  // The range's part of each parameter; adjacent parts with the same decay
+  // form one run: one kernel call each.
   const auto& infos = params_.infos();
+  const int64_t lo_all = std::max<int64_t>(begin_, 0), hi_all = std::min(end_, params_.numel());
   size_t i = 0;
   while (i < infos.size()) {
+    const bool decay = infos[i].weight_decay;
     size_t j = i;
-    int64_t n = 0;
-    while (j < infos.size() && infos[j].weight_decay == infos[i].weight_decay) n += infos[j++].numel;
-    const int64_t off = infos[i].offset;
-    Tensor p = params_.values().flat_view(off, {n});
-    Tensor g = params_.grads().flat_view(off, {n});
-    Tensor m = exp_avg_.flat_view(off, {n});
-    Tensor v = exp_avg_sq_.flat_view(off, {n});
-    ops::adamw_step(p, g, m, v,
-                    {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, infos[i].weight_decay ? cfg_.weight_decay : 0.0, step_,
-                     grad_scale});
+    while (j < infos.size() && infos[j].weight_decay == decay) ++j;
+    const int64_t lo = std::max(lo_all, infos[i].offset);
+    const int64_t hi = std::min(hi_all, infos[j - 1].offset + infos[j - 1].numel);
+    if (lo < hi) {
+      Tensor p = params_.values().flat_view(lo, {hi - lo});
+      Tensor g = grads ? grads->flat_view(lo - begin_, {hi - lo}) : params_.grads().flat_view(lo, {hi - lo});
+      Tensor m = exp_avg_.flat_view(lo - begin_, {hi - lo});
+      Tensor v = exp_avg_sq_.flat_view(lo - begin_, {hi - lo});
+      ops::adamw_step(p, g, m, v,
+                      {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, decay ? cfg_.weight_decay : 0.0, step_, grad_scale});
+    }
     i = j;
   }
 }

@@ -16,9 +16,16 @@ struct AdamWConfig {
 
 class AdamW {
  public:
-  AdamW(ParameterStore& params, const AdamWConfig& cfg);
-  // One update with learning rate lr; gradients are first multiplied by grad_scale.
-  void step(double lr, double grad_scale);
+  // Updates flat elements [begin, end) of the parameters (default: all of
+  // them) and keeps moments for that range only: ZeRO's optimizer-state
+  // shard, one contiguous range per data-parallel rank.
+  AdamW(ParameterStore& params, const AdamWConfig& cfg, int64_t begin = 0, int64_t end = -1);
+  // One update with learning rate lr; gradients are first multiplied by
+  // grad_scale. grads: the range's gradients (default: the store's).
+  void step(double lr, double grad_scale, const Tensor* grads = nullptr);
+  int64_t begin() const { return begin_; }
+  int64_t end() const { return end_; }
+  bool covers_all() const { return begin_ == 0 && end_ == params_.numel(); }
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t s) { step_ = s; }
   Tensor& exp_avg() { return exp_avg_; }
@@ -31,7 +38,8 @@ class AdamW {
  private:
   ParameterStore& params_;
   AdamWConfig cfg_;
-  Tensor exp_avg_, exp_avg_sq_;
+  int64_t begin_ = 0, end_ = 0;
+  Tensor exp_avg_, exp_avg_sq_;  // [end − begin]
   int64_t step_ = 0;
 };
 

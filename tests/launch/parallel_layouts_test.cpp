@@ -267,6 +267,85 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
   }
 }
 
+// Bytes of a category in llm-train's memory report, e.g. "optimizer_state 1.19 MiB (peak 1.19 MiB)".
+double reported_bytes(const std::string& out, const std::string& category) {
+  const auto at = out.find("\n" + category + " ");
+  if (at == std::string::npos) return -1.0;
+  const auto num = at + category.size() + 2;
+  const double v = std::stod(out.substr(num));
+  const std::string unit = out.substr(out.find(' ', num) + 1, 3);
+  return v * (unit == "GiB" ? 1073741824.0 : unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
+}
+
+// ZeRO stage 1: each dp rank keeps Adam's moments for 1/dp of the parameters,
+// receives its range of the summed gradients by reduce-scatter and shares its
+// updated range by all-gather: the same training, the same bytes as the
+// all-reduce, 1/dp of the optimizer state.
+TEST_F(ParallelLayouts, ZeroStage1ShardsAdamAndTrainsLikeOneProcess) {
+  TempDir run;
+  auto one = train(1, " --metrics-file " + (run / "one.jsonl") + " --save " + (run / "one_ck"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto a = iterations(run / "one.jsonl");
+  const std::vector<float> final_one = load_unsplit(run / "one_ck");
+  const double one_state = reported_bytes(one.output, "optimizer_state");
+  ASSERT_GT(one_state, 0) << one.output;
+  llm::ModelConfig m;
+  m.num_layers = 4;
+  m.hidden_size = 64;
+  m.num_attention_heads = 8;
+  m.num_query_groups = 4;
+  m.seq_length = 32;
+  m.vocab_size = 512;
+  const int64_t N = m.resolved().num_parameters();
+  const std::vector<std::pair<int, std::string>> layouts = {
+      {2, ""}, {4, ""}, {4, " --tensor-model-parallel-size 2 --sequence-parallel"},
+      {4, " --pipeline-model-parallel-size 2"}, {8, " --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2"}};
+  for (const auto& [ranks, layout] : layouts) {
+    SCOPED_TRACE(std::to_string(ranks) + " ranks" + layout);
+    const std::string tag = std::to_string(ranks) + "_" + std::to_string(layout.size());
+    auto r = train(ranks, layout + " --zero-stage 1 --metrics-file " + (run / (tag + ".jsonl")) + " --save " +
+                              (run / (tag + "_ck")));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto b = iterations(run / (tag + ".jsonl"));
+    ASSERT_EQ(b.size(), 10u) << r.output;
+    for (int64_t it = 1; it <= 10; ++it)
+      EXPECT_NEAR(b.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(),
+                  1e-5 * a.at(it)["lm_loss"].get<double>()) << it;
+    EXPECT_LT(relative_difference(final_one, load_unsplit(run / (tag + "_ck"))), 1e-5);
+    if (layout.empty()) {  // dp only: the whole model on every rank, so the counts are simple
+      const int64_t dp = ranks, shard = (N + dp - 1) / dp;
+      // Moments (2 × fp32) for this rank's range: 8·⌈N/dp⌉ bytes against 8·N.
+      EXPECT_NEAR(reported_bytes(r.output, "optimizer_state"), 8.0 * shard, 0.01 * 8.0 * shard) << r.output;
+      EXPECT_NEAR(reported_bytes(r.output, "optimizer_state") * dp, one_state, 0.01 * one_state);
+      const uint64_t part = static_cast<uint64_t>(shard * dp * 4) * (dp - 1) / dp;  // ring share of the whole
+      for (int64_t it = 2; it <= 10; ++it) {
+        const auto& c = b.at(it)["comm_bytes_per_iter"]["dp"];
+        EXPECT_EQ(c["reduce_scatter"].get<uint64_t>(), part) << it;
+        EXPECT_EQ(c["all_gather"].get<uint64_t>(), part) << it;
+      }
+    }
+  }
+  // A ZeRO-1 checkpoint (moments gathered on save) resumes bitwise under the
+  // same layout and within rounding in one process without ZeRO.
+  auto first = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 5 --save " + (run / "zck"));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto same = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --load " + (run / "zck") + " --metrics-file " +
+                           (run / "same.jsonl"));
+  ASSERT_EQ(same.exit_code, 0) << same.output;
+  auto plain = train(1, " --load " + (run / "zck") + " --metrics-file " + (run / "plain.jsonl"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  auto full = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --metrics-file " + (run / "full.jsonl"));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  const auto s1 = iterations(run / "same.jsonl"), p1 = iterations(run / "plain.jsonl"), f1 = iterations(run / "full.jsonl");
+  ASSERT_EQ(s1.size(), 5u);
+  ASSERT_EQ(p1.size(), 5u);
+  for (int64_t it = 6; it <= 10; ++it) {
+    EXPECT_EQ(s1.at(it)["lm_loss"].get<double>(), f1.at(it)["lm_loss"].get<double>()) << it;
+    EXPECT_NEAR(p1.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(),
+                1e-5 * a.at(it)["lm_loss"].get<double>()) << it;
+  }
+}
+
 TEST_F(ParallelLayouts, InvalidLayoutsFailOnEveryRankWithoutHanging) {
   struct Case {
     int ranks;
@@ -284,6 +363,7 @@ TEST_F(ParallelLayouts, InvalidLayoutsFailOnEveryRankWithoutHanging) {
       {2, " --global-batch-size 6 --micro-batch-size 4",
        "--global-batch-size 6 is not divisible by --micro-batch-size 4 × data-parallel size 2"},
       {2, " --sequence-parallel", "--sequence-parallel needs --tensor-model-parallel-size > 1"},
+      {2, " --zero-stage 2", "--zero-stage 2 is not supported yet: use 0 or 1"},
       {2, " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1 --global-batch-size 6",
        "the interleaved schedule needs the micro-batches per step (--global-batch-size / (--micro-batch-size × "
        "data-parallel size) = 3) to be a multiple of --pipeline-model-parallel-size 2"},
