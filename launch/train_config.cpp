@@ -74,6 +74,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
   ckpt.add_options()
       ("save", po::value(&c.save), "checkpoint directory to write")
       ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
+      ("report-memory", po::bool_switch(&c.report_memory), "after the first iteration and at the end, print every rank's bytes per memory category beside the ZeRO paper's prediction of its model states")
       ("override-opt_param-scheduler", po::bool_switch(&c.override_opt_param_scheduler), "on --load, use the flags' learning-rate schedule, AdamW settings, global batch and clipping instead of refusing when they differ from the checkpoint's")
       ("save-interval", po::value(&c.save_interval)->default_value(0), "iterations between checkpoints (0: only at the end)")
       ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this")

@@ -46,6 +46,7 @@ struct TrainConfig {
   double peak_tflops = 0.0;  // per process; 0: MFU not printed
   // checkpoints
   std::string save, load;
+  bool report_memory = false;  // per-rank memory by category against the ZeRO formula
   bool override_opt_param_scheduler = false;  // on --load, the flags' schedule/optimizer settings win
   int64_t save_interval = 0, exit_interval = 0;
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time

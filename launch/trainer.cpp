@@ -112,7 +112,8 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     ps.pad_to_multiple(dp_.size());
     const int64_t shard = ps.padded_numel() / dp_.size();
     optimizer_ = std::make_unique<AdamW>(ps, cfg_.adam, dp_.rank() * shard, (dp_.rank() + 1) * shard);
-    grad_shard_ = Tensor::zeros({shard}, ps.dtype(), MemoryCategory::Gradients);
+    // The reduce-scatter leaves this rank's range in place in the gradient buffer.
+    grad_shard_ = ps.grads().flat_view(optimizer_->begin(), {shard});
   } else {
     optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
     if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
@@ -419,6 +420,47 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   return r;
 }
 
+// --report-memory: every rank's live bytes per category (and peaks), printed
+// by rank 0, beside the ZeRO paper's model-state prediction for this rank:
+// with fp32 training, parameters 4Ψ + gradients 4Ψ + Adam moments 8Ψ, the
+// moments divided by dp from stage 1 on (Ψ: this rank's parameters).
+void Trainer::report_memory(const char* when) {
+  const MemoryTracker& mt = memory_tracker(Device::cpu());
+  constexpr MemoryCategory cats[] = {MemoryCategory::Parameters, MemoryCategory::Gradients,
+                                     MemoryCategory::MasterWeights, MemoryCategory::OptimizerState,
+                                     MemoryCategory::Activations, MemoryCategory::Communication};
+  constexpr int kFields = 6 + 2;
+  const double psi = static_cast<double>(model_->params().numel());
+  const double moments = 8.0 * psi / (cfg_.zero_stage >= 1 ? dp_.size() : 1);
+  Tensor mine = Tensor::empty({kFields}, DType::F64, MemoryCategory::Communication);
+  double* f = mine.data<double>();
+  f[0] = static_cast<double>(mt.current(cats[0]));
+  f[1] = static_cast<double>(mt.current(cats[1]));
+  f[2] = static_cast<double>(mt.current(cats[2]));
+  f[3] = static_cast<double>(mt.current(cats[3]));
+  f[4] = static_cast<double>(mt.peak(cats[4]));
+  f[5] = static_cast<double>(mt.peak(cats[5]));
+  f[6] = static_cast<double>(mt.peak_total());
+  f[7] = 4.0 * psi + 4.0 * psi + moments;  // predicted model states
+  Tensor all = Tensor::empty({kFields * grid_.world_size()}, DType::F64, MemoryCategory::Communication);
+  grid_.world().all_gather(mine, all);
+  if (grid_.world_rank() != 0) return;
+  auto b = [](double x) { return format_bytes(static_cast<size_t>(x)); };
+  std::printf("memory per rank %s (ZeRO stage %lld, fp32; model states = parameters + gradients + master weights + "
+              "optimizer state, predicted 4Ψ + 4Ψ + 8Ψ%s):\n", when, static_cast<long long>(cfg_.zero_stage),
+              cfg_.zero_stage >= 1 ? "/dp" : "");
+  for (int r = 0; r < grid_.world_size(); ++r) {
+    const double* v = all.data<double>() + r * kFields;
+    const GridCoord g = grid_coord(grid_.layout(), r);
+    const double states = v[0] + v[1] + v[2] + v[3];
+    std::printf("  rank %d (tp %d, dp %d, pp %d): parameters %s, gradients %s, master weights %s, optimizer state %s | "
+                "model states %s, predicted %s, ratio %.3f | peaks: activations %s, communication %s, total %s\n",
+                r, g.tp, g.dp, g.pp, b(v[0]).c_str(), b(v[1]).c_str(), b(v[2]).c_str(), b(v[3]).c_str(),
+                b(states).c_str(), b(v[7]).c_str(), states / v[7], b(v[4]).c_str(), b(v[5]).c_str(), b(v[6]).c_str());
+  }
+  std::fflush(stdout);
+}
+
 void Trainer::run_evaluation(int64_t iteration) {
   if (!eval_windows_ || cfg_.eval_iters == 0) return;
   const int64_t count = std::min(eval_windows_->count(), cfg_.eval_iters * cfg_.micro_batch_size);
@@ -543,6 +585,7 @@ int Trainer::run() {
       ++interval_iters_;
     }
     last_grad_norm = r.grad_norm;
+    if (cfg_.report_memory && it == first_iter) report_memory("after the first iteration");
     if (it % cfg_.log_interval == 0 || it == cfg_.train_iters) {
       const auto now = std::chrono::steady_clock::now();
       const double secs = std::chrono::duration<double>(now - last).count();
@@ -628,6 +671,7 @@ int Trainer::run() {
   }
   run_evaluation(iteration_);
   if (!cfg_.save.empty() && !saved_last) save(iteration_);
+  if (cfg_.report_memory) report_memory("at the end");
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),
               hms(total).c_str(), static_cast<long long>(skipped_));

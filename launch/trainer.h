@@ -53,6 +53,7 @@ class Trainer {
   };
   StepResult train_step(int64_t iteration);
   void run_evaluation(int64_t iteration);
+  void report_memory(const char* when);
   void save(int64_t iteration);
   nlohmann::json args_json() const;
 

@@ -267,14 +267,18 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
   }
 }
 
-// Bytes of a category in llm-train's memory report, e.g. "optimizer_state 1.19 MiB (peak 1.19 MiB)".
-double reported_bytes(const std::string& out, const std::string& category) {
-  const auto at = out.find("\n" + category + " ");
+// The size written after the first `label` in a tool's output ("1.19 MiB"), in bytes; −1 if absent.
+double bytes_after(const std::string& out, const std::string& label) {
+  const auto at = out.find(label);
   if (at == std::string::npos) return -1.0;
-  const auto num = at + category.size() + 2;
+  const auto num = at + label.size();
   const double v = std::stod(out.substr(num));
   const std::string unit = out.substr(out.find(' ', num) + 1, 3);
   return v * (unit == "GiB" ? 1073741824.0 : unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
+}
+// A category in llm-train's memory report, e.g. "optimizer_state 1.19 MiB (peak 1.19 MiB)".
+double reported_bytes(const std::string& out, const std::string& category) {
+  return bytes_after(out, "\n" + category + " ");
 }
 
 // ZeRO stage 1: each dp rank keeps Adam's moments for 1/dp of the parameters,
@@ -297,15 +301,22 @@ TEST_F(ParallelLayouts, ZeroStage1ShardsAdamAndTrainsLikeOneProcess) {
   m.seq_length = 32;
   m.vocab_size = 512;
   const int64_t N = m.resolved().num_parameters();
+  std::map<int, double> states_by_dp;  // rank 0's measured model states
   const std::vector<std::pair<int, std::string>> layouts = {
       {2, ""}, {4, ""}, {4, " --tensor-model-parallel-size 2 --sequence-parallel"},
       {4, " --pipeline-model-parallel-size 2"}, {8, " --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2"}};
   for (const auto& [ranks, layout] : layouts) {
     SCOPED_TRACE(std::to_string(ranks) + " ranks" + layout);
     const std::string tag = std::to_string(ranks) + "_" + std::to_string(layout.size());
-    auto r = train(ranks, layout + " --zero-stage 1 --metrics-file " + (run / (tag + ".jsonl")) + " --save " +
-                              (run / (tag + "_ck")));
+    auto r = train(ranks, layout + " --zero-stage 1 --report-memory --metrics-file " + (run / (tag + ".jsonl")) +
+                              " --save " + (run / (tag + "_ck")));
     ASSERT_EQ(r.exit_code, 0) << r.output;
+    // --report-memory: every rank's measured model states against 4Ψ + 4Ψ + 8Ψ/dp, twice per run.
+    int rows = 0;
+    for (size_t at = r.output.find(", ratio "); at != std::string::npos; at = r.output.find(", ratio ", at + 1), ++rows)
+      EXPECT_NEAR(std::stod(r.output.substr(at + 8)), 1.0, 0.05) << r.output.substr(r.output.rfind('\n', at), 200);
+    EXPECT_EQ(rows, 2 * ranks) << r.output;
+    if (layout.empty()) states_by_dp[ranks] = bytes_after(r.output, "| model states ");
     const auto b = iterations(run / (tag + ".jsonl"));
     ASSERT_EQ(b.size(), 10u) << r.output;
     for (int64_t it = 1; it <= 10; ++it)
@@ -325,6 +336,9 @@ TEST_F(ParallelLayouts, ZeroStage1ShardsAdamAndTrainsLikeOneProcess) {
       }
     }
   }
+  // The formula's decrease with dp: 4Ψ + 4Ψ + 8Ψ/dp.
+  ASSERT_GT(states_by_dp[2], 0);
+  EXPECT_NEAR(states_by_dp[4] / states_by_dp[2], (8.0 + 8.0 / 4) / (8.0 + 8.0 / 2), 0.01);
   // A ZeRO-1 checkpoint (moments gathered on save) resumes bitwise under the
   // same layout and within rounding in one process without ZeRO.
   auto first = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 5 --save " + (run / "zck"));
