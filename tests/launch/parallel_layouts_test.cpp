@@ -69,6 +69,17 @@ class ParallelLayouts : public ::testing::Test {
            " --clip-grad 0.5 --log-interval 1 --eval-iters 3 --data-path " + (*dir_ / "gpl") +
            " --tokenizer-model " + (*dir_ / "tok.model");
   }
+  // The model flags() describe (vocabulary: the 512-piece tokenizer), resolved.
+  static llm::ModelConfig model_config() {
+    llm::ModelConfig m;
+    m.num_layers = 4;
+    m.hidden_size = 64;
+    m.num_attention_heads = 8;
+    m.num_query_groups = 4;
+    m.seq_length = 32;
+    m.vocab_size = 512;
+    return m.resolved();
+  }
   static ToolResult train(int ranks, const std::string& extra) {
     if (ranks == 1) return run_tool("OMP_NUM_THREADS=1 " + bin("llm-train") + flags() + extra);
     return run_tool(mpiexec(ranks) + bin("llm-train") + flags() + extra);
@@ -201,14 +212,7 @@ TEST_F(ParallelLayouts, CheckpointResumesUnderAnotherLayout) {
 // Bytes world rank 0 (tp rank 0, dp rank 0, first of two stages) sends per
 // iteration, from the configuration: activations [rows, hidden] in fp32.
 TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
-  llm::ModelConfig m;
-  m.num_layers = 4;
-  m.hidden_size = 64;
-  m.num_attention_heads = 8;
-  m.num_query_groups = 4;
-  m.seq_length = 32;
-  m.vocab_size = 512;
-  m = m.resolved();
+  const llm::ModelConfig m = model_config();
   const int64_t tp = 2, pp = 2, dp = 2, micro = 2, global = 8;
   const int64_t micro_batches = global / (micro * dp);  // per rank and step
   const int64_t stage_layers = m.num_layers / pp;
@@ -293,14 +297,7 @@ TEST_F(ParallelLayouts, ZeroStage1ShardsAdamAndTrainsLikeOneProcess) {
   const std::vector<float> final_one = load_unsplit(run / "one_ck");
   const double one_state = reported_bytes(one.output, "optimizer_state");
   ASSERT_GT(one_state, 0) << one.output;
-  llm::ModelConfig m;
-  m.num_layers = 4;
-  m.hidden_size = 64;
-  m.num_attention_heads = 8;
-  m.num_query_groups = 4;
-  m.seq_length = 32;
-  m.vocab_size = 512;
-  const int64_t N = m.resolved().num_parameters();
+  const int64_t N = model_config().num_parameters();
   std::map<int, double> states_by_dp;  // rank 0's measured model states
   const std::vector<std::pair<int, std::string>> layouts = {
       {2, ""}, {4, ""}, {4, " --tensor-model-parallel-size 2 --sequence-parallel"},
