@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <xxhash.h>
+
 #include "checkpoint/checkpoint.h"
 #include "core/ops.h"
 
@@ -420,6 +422,32 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   return r;
 }
 
+// Norm weights are replicated on every tp rank and updated independently,
+// staying equal because each rank computes the same update from the same
+// all-reduced numbers. Only tp rank 0's copy is saved, so check that before
+// saving: a hash per rank, compared on every rank (all throw together).
+void Trainer::check_replicated_parameters_agree() {
+  const ParameterStore& ps = model_->params();
+  XXH64_state_t* h = XXH64_createState();
+  XXH64_reset(h, 0);
+  for (const auto& p : ps.infos())
+    if (p.replicated)
+      XXH64_update(h, static_cast<const char*>(ps.values().raw()) + p.offset * dtype_size(ps.dtype()),
+                   static_cast<size_t>(p.numel) * dtype_size(ps.dtype()));
+  const uint64_t mine = XXH64_digest(h);
+  XXH64_freeState(h);
+  Tensor t = Tensor::empty({2}, DType::I32, MemoryCategory::Communication);
+  std::memcpy(t.raw(), &mine, sizeof mine);
+  Tensor all = Tensor::empty({2 * grid_.tp_size()}, DType::I32, MemoryCategory::Communication);
+  grid_.tp().all_gather(t, all);
+  for (int r = 1; r < grid_.tp_size(); ++r)
+    if (std::memcmp(all.data<int32_t>(), all.data<int32_t>() + 2 * r, sizeof mine) != 0)
+      throw std::runtime_error("tensor-parallel ranks 0 and " + std::to_string(r) +
+                               " hold different copies of the replicated parameters (norm weights); the run has "
+                               "diverged across the tensor-parallel group and is not saved (report this with the "
+                               "MPI library and layout)");
+}
+
 // --report-memory: every rank's live bytes per category (and peaks), printed
 // by rank 0, beside the ZeRO paper's model-state prediction for this rank:
 // with fp32 training, parameters 4Ψ + gradients 4Ψ + Adam moments 8Ψ, the
@@ -505,6 +533,7 @@ void Trainer::save(int64_t iteration) {
   const auto t0 = std::chrono::steady_clock::now();
   if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
   world.barrier();
+  if (grid_.tp_size() > 1) check_replicated_parameters_agree();
   // ZeRO: the moments are spread over the dp ranks; gather them (a
   // collective) so that dp rank 0 writes the whole state as without ZeRO.
   std::unique_ptr<AdamW> gathered;

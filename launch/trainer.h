@@ -54,6 +54,7 @@ class Trainer {
   StepResult train_step(int64_t iteration);
   void run_evaluation(int64_t iteration);
   void report_memory(const char* when);
+  void check_replicated_parameters_agree();
   void save(int64_t iteration);
   nlohmann::json args_json() const;
 
