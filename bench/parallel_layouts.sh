@@ -8,8 +8,9 @@
 #   'fortunes' corpus by llm-prepare-data), fp32, AdamW, clip 1.0.
 #
 # Layouts: 1 process × 2 threads (the reference: all the cores), 1 × 1, dp2,
-# tp2, tp2 + sequence parallelism, pp2 (1F1B; 2+2 layers, and 3+1 to balance
-# the output layer on the last stage), and, oversubscribed on a 2-core
+# dp2 + ZeRO-1, tp2, tp2 + sequence parallelism, pp2 (1F1B; 2+2 layers, 3+1 to
+# balance the output layer on the last stage, and interleaved with two
+# 1-layer chunks per rank), and, oversubscribed on a 2-core
 # machine, tp2·dp2 and pp2·dp2 on 4 ranks. Each layout runs --rounds times,
 # round robin (so drift of a shared machine hits every layout alike); tokens/s
 # is the median over all counted iterations of all rounds. Prints Markdown
@@ -48,9 +49,11 @@ tests/launch/parallel_layouts_test.cpp, extended to a stage that is also the
 last: the output layer's input-gradient reduction and the vocab-parallel
 loss's row statistics), then a per-group/operation breakdown.
 
-Layouts (ranks x threads): 1 process x C, 1 x 1, dp2, tp2, tp2 + SP, pp2
-(2+2 layers), pp2 with --decoder-first-pipeline-num-layers 3 (2 x 1 each) and
-tp2·dp2, pp2·dp2 (4 x 1; oversubscribed when C < 4).
+Layouts (ranks x threads; --layouts keys in brackets): 1 process x C [1xC],
+1 x 1 [1x1], dp2 [dp2], dp2 + ZeRO-1 [dp2z1], tp2 [tp2], tp2 + SP [tp2sp],
+pp2 (2+2 layers) [pp2], pp2 with --decoder-first-pipeline-num-layers 3 [pp2b],
+interleaved pp2 with 2 chunks of 1 layer per rank [pp2v] (2 x 1 each) and
+tp2·dp2 [tp2dp2], pp2·dp2 [pp2dp2] (4 x 1; oversubscribed when C < 4).
 
 Options:
   --iters N            iterations per layout (default $ITERS)
@@ -102,7 +105,7 @@ is_uint "$ROUNDS" && [ "$ROUNDS" -ge 1 ] || die "--rounds must be a positive int
 [[ "$BUSY_LIMIT" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--busy-limit must be a non-negative number (got '$BUSY_LIMIT')"
 is_uint "$RETRY_BUDGET" || die "--retry-budget must be a non-negative integer of seconds"
 
-ALL_LAYOUTS="1xC 1x1 dp2 tp2 tp2sp pp2 pp2b tp2dp2 pp2dp2"
+ALL_LAYOUTS="1xC 1x1 dp2 dp2z1 tp2 tp2sp pp2 pp2b pp2v tp2dp2 pp2dp2"
 [ "$LAYOUTS" = all ] && LAYOUTS="${ALL_LAYOUTS// /,}"
 for l in ${LAYOUTS//,/ }; do
   [[ " $ALL_LAYOUTS " == *" $l "* ]] || die "--layouts: unknown layout '$l' (known: $ALL_LAYOUTS)"
@@ -179,9 +182,11 @@ layout_spec() {
     1xC) echo "1 process|1|$CORES|1|1|" ;;
     1x1) echo "1 process|1|1|1|1|" ;;
     dp2) echo "dp2|2|1|1|1|" ;;
+    dp2z1) echo "dp2 + ZeRO-1|2|1|1|1|--zero-stage 1" ;;
     tp2) echo "tp2|2|1|2|1|" ;;
     tp2sp) echo "tp2 + SP|2|1|2|1|--sequence-parallel" ;;
     pp2) echo "pp2 (1F1B, 2+2 layers)|2|1|1|2|--pipeline-schedule 1f1b" ;;
+    pp2v) echo "pp2 (interleaved, 2 chunks of 1 layer)|2|1|1|2|--pipeline-schedule 1f1b --num-layers-per-virtual-pipeline-stage 1" ;;
     pp2b) echo "pp2 (1F1B, 3+1 layers)|2|1|1|2|--pipeline-schedule 1f1b --decoder-first-pipeline-num-layers 3" ;;
     tp2dp2) echo "tp2·dp2|4|1|2|1|" ;;
     pp2dp2) echo "pp2·dp2 (1F1B)|4|1|1|2|--pipeline-schedule 1f1b" ;;
@@ -241,13 +246,13 @@ def ring_all_reduce(b, p):  # bytes a rank sends in a ring all-reduce of b bytes
 def ring_part(b, p):  # reduce-scatter / all-gather of a b-byte whole
     return b * (p - 1) // p if p > 1 else 0
 
-def analytic(tp, pp, dp, sp, V, F, first_layers=0):
+def analytic(tp, pp, dp, sp, V, F, first_layers=0, zero=False, v=1):
     """Bytes world rank 0 (tp 0, dp 0, pipeline stage 0) sends per iteration, per group and op.
     Mirrors tests/launch/parallel_layouts_test.cpp (CommunicationEqualsTheAnalyticCount); with pp = 1 the
     stage is also the last, which adds the output layer and the vocab-parallel loss."""
     Dh = d // H
     M = glob // (micro * dp)                       # micro-batches per rank and step
-    Ls = first_layers or L // pp + (1 if L % pp > 0 else 0)  # blocks on the first stage
+    Ls = first_layers or L // pp + (1 if L % pp > 0 else 0)  # blocks on the first rank (all its chunks)
     last = pp == 1
     rows = micro * S
     act = rows * d * 4                             # one activation [micro·seq, hidden] in fp32
@@ -277,10 +282,16 @@ def analytic(tp, pp, dp, sp, V, F, first_layers=0):
         add("tp", "all_reduce", ring_all_reduce(tensors * 8, tp))  # gradient-norm sums (f64), one per tensor
     if pp > 1:
         a = act // tp if sp else act
-        add("pp", "send", M * a)                   # activations to stage 1
-        add("pp", "recv", M * a)                   # their gradients back
+        # activations on from each of rank 0's v chunks, gradients back from its v − 1 later chunks
+        add("pp", "send", (2 * v - 1) * M * a)
+        add("pp", "recv", (2 * v - 1) * M * a)
         add("pp", "all_reduce", ring_all_reduce(8, pp) + ring_all_reduce(total_tensors * 8, pp))  # loss, norm slots
-    if dp > 1:
+    if dp > 1 and zero:  # ZeRO-1: reduce-scatter and all-gather of the padded buffer; per-tensor norm sums
+        padded = -(-params // dp) * dp
+        add("dp", "reduce_scatter", ring_part(padded * 4, dp))
+        add("dp", "all_gather", ring_part(padded * 4, dp))
+        add("dp", "all_reduce", ring_all_reduce(tensors * 8, dp) + ring_all_reduce(8, dp))
+    elif dp > 1:
         add("dp", "all_reduce", ring_all_reduce(params * 4, dp) + ring_all_reduce(8, dp))  # gradients, loss
     return c
 
@@ -324,8 +335,10 @@ for line in open(runs_f):
                 if v:
                     comm.setdefault(g, {})[op] = v
     fl = re.search(r"--decoder-first-pipeline-num-layers (\d+)", extra)
+    vl = re.search(r"--num-layers-per-virtual-pipeline-stage (\d+)", extra)
     runs.append(dict(key=key, name=name, ranks=ranks, threads=threads, tp=tp, pp=pp, dp=dp, sp=sp, tps=tps,
                      kept=kept_tps, comm=comm, first_layers=int(fl.group(1)) if fl else 0,
+                     zero="--zero-stage 1" in extra, v=(L // (pp * int(vl.group(1)))) if vl else 1,
                      other=float(other), disturbed=disturbed == "1"))
 
 rows = []  # one per layout: the counted iterations of its undisturbed runs pooled (of all, if none is)
@@ -371,7 +384,7 @@ for r in rows:
         meas = ana = "–"
         eq = "–"
     else:
-        a = analytic(r["tp"], r["pp"], r["dp"], r["sp"], V, F, r["first_layers"])
+        a = analytic(r["tp"], r["pp"], r["dp"], r["sp"], V, F, r["first_layers"], r["zero"], r["v"])
         r["analytic"] = a
         mt = sum(v for g in r["comm"].values() for op, v in g.items() if op != "recv")
         at = sum(v for g in a.values() for op, v in g.items() if op != "recv")
