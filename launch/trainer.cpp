@@ -53,6 +53,15 @@ EvalResult evaluate(const LlamaModel& model, const data::EvalWindows& windows, i
   return r;
 }
 
+// a − b per group and operation of two comm_report_json() snapshots (b may lack entries).
+static nlohmann::json comm_difference(const nlohmann::json& a, const nlohmann::json& b) {
+  nlohmann::json d = a;
+  for (auto& [group, ops] : d.items())
+    for (auto& [op, bytes] : ops.items())
+      bytes = bytes.get<uint64_t>() - b.value(group, nlohmann::json::object()).value(op, uint64_t{0});
+  return d;
+}
+
 static std::string now_str() {
   char buf[32];
   std::time_t t = std::time(nullptr);
@@ -649,11 +658,10 @@ int Trainer::run() {
         // Bytes this rank (world rank 0: tp, dp rank 0 of the first stage)
         // sent per group and operation since the last log line, per iteration.
         const nlohmann::json now_bytes = comm_report_json(grid_);
-        nlohmann::json per_iter = now_bytes;
+        nlohmann::json per_iter = comm_difference(now_bytes, comm_logged_);
         for (auto& [group, ops] : per_iter.items())
           for (auto& [op, bytes] : ops.items())
-            bytes = (bytes.get<uint64_t>() - comm_logged_.value(group, nlohmann::json::object()).value(op, uint64_t{0})) /
-                    static_cast<uint64_t>(std::max<int64_t>(1, timed_iters));
+            bytes = bytes.get<uint64_t>() / static_cast<uint64_t>(std::max<int64_t>(1, timed_iters));
         j["comm_bytes_per_iter"] = per_iter;
         comm_logged_ = now_bytes;
       }
@@ -670,14 +678,8 @@ int Trainer::run() {
       save(it);
       saved_last = true;
     }
-    if (grid_.world_size() > 1) {
-      const nlohmann::json after = comm_report_json(grid_);
-      for (auto& [group, ops] : after.items())
-        for (auto& [op, bytes] : ops.items()) {
-          const uint64_t extra = bytes.get<uint64_t>() - before_extras[group][op].get<uint64_t>();
-          if (extra) comm_logged_[group][op] = comm_logged_.value(group, nlohmann::json::object()).value(op, uint64_t{0}) + extra;
-        }
-    }
+    if (grid_.world_size() > 1)  // move the baseline past them: logged = now − (before − logged)
+      comm_logged_ = comm_difference(comm_report_json(grid_), comm_difference(before_extras, comm_logged_));
     if (exiting) {
       std::printf("exiting at iteration %lld (--exit-interval %lld)\n", static_cast<long long>(it),
                   static_cast<long long>(cfg_.exit_interval));

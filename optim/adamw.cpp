@@ -21,13 +21,13 @@ void AdamW::step(double lr, double grad_scale, const Tensor* grads) {
   // The range's part of each parameter; adjacent parts with the same decay
   // form one run: one kernel call each.
   const auto& infos = params_.infos();
-  const int64_t lo_all = std::max<int64_t>(begin_, 0), hi_all = std::min(end_, params_.numel());
+  const int64_t hi_all = std::min(end_, params_.numel());  // the padding holds no parameter
   size_t i = 0;
   while (i < infos.size()) {
     const bool decay = infos[i].weight_decay;
     size_t j = i;
     while (j < infos.size() && infos[j].weight_decay == decay) ++j;
-    const int64_t lo = std::max(lo_all, infos[i].offset);
+    const int64_t lo = std::max(begin_, infos[i].offset);
     const int64_t hi = std::min(hi_all, infos[j - 1].offset + infos[j - 1].numel);
     if (lo < hi) {
       Tensor p = params_.values().flat_view(lo, {hi - lo});

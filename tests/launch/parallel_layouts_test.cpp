@@ -271,15 +271,6 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
   }
 }
 
-// The size written after the first `label` in a tool's output ("1.19 MiB"), in bytes; −1 if absent.
-double bytes_after(const std::string& out, const std::string& label) {
-  const auto at = out.find(label);
-  if (at == std::string::npos) return -1.0;
-  const auto num = at + label.size();
-  const double v = std::stod(out.substr(num));
-  const std::string unit = out.substr(out.find(' ', num) + 1, 3);
-  return v * (unit == "GiB" ? 1073741824.0 : unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
-}
 // A category in llm-train's memory report, e.g. "optimizer_state 1.19 MiB (peak 1.19 MiB)".
 double reported_bytes(const std::string& out, const std::string& category) {
   return bytes_after(out, "\n" + category + " ");

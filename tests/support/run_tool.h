@@ -62,6 +62,17 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 // Real English text present on every Debian/Ubuntu system (base-files).
 inline std::string english_text_file() { return "/usr/share/common-licenses/GPL-3"; }
 
+// The size written after the first `label` at or after `from` in a tool's
+// output ("1.19 MiB", as format_bytes writes it), in bytes; −1 if absent.
+inline double bytes_after(const std::string& out, const std::string& label, size_t from = 0) {
+  const auto at = out.find(label, from);
+  if (from == std::string::npos || at == std::string::npos) return -1.0;
+  const auto num = at + label.size();
+  const double v = std::stod(out.substr(num));
+  const std::string unit = out.substr(out.find(' ', num) + 1, 3);
+  return v * (unit == "GiB" ? 1073741824.0 : unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
+}
+
 // The tools' test corpus: the GPL-3 text as dir/gpl.{bin,idx} with a
 // 512-piece tokenizer dir/tok.model. Returns llm-prepare-data's result.
 inline ToolResult prepare_test_corpus(const TempDir& dir) {

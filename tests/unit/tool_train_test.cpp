@@ -324,14 +324,7 @@ TEST_F(TrainTool, TiedEmbeddingsAcrossPipelineStagesStayOneWeight) {
 TEST_F(TrainTool, FullRecomputationGivesTheSameRunWithLessActivationMemory) {
   TempDir run;
   // Peak bytes of live activations, from the allocator's report at the end of a run.
-  auto activation_peak = [](const std::string& out) {
-    const auto at = out.find("\nactivations ");
-    const auto peak = out.find("(peak ", at);
-    if (at == std::string::npos || peak == std::string::npos) return -1.0;
-    const double v = std::stod(out.substr(peak + 6));
-    const std::string unit = out.substr(out.find(' ', peak + 6) + 1, 3);
-    return v * (unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0);
-  };
+  auto activation_peak = [](const std::string& out) { return bytes_after(out, "(peak ", out.find("\nactivations ")); };
   const std::string common = " --train-iters 4 --lr 3e-3 --log-interval 1 --eval-iters 0";
   auto plain = train(common + " --metrics-file " + (run / "plain.jsonl"));
   auto recompute = train(common + " --recompute-granularity full --metrics-file " + (run / "recompute.jsonl"));
