@@ -20,6 +20,9 @@ inline size_t dtype_size(DType t) {
   return 0;
 }
 
+// BF16 and F16: stored in 16 bits, computed in fp32 (see core/ops.h).
+inline bool is_half_dtype(DType t) { return t == DType::BF16 || t == DType::F16; }
+
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "F32";
@@ -62,7 +65,7 @@ struct bf16 {
   }
 };
 
-// IEEE half precision to float (for reading fp16 checkpoints and exports).
+// IEEE half precision to float (exact: every half is a float).
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, u;
@@ -85,10 +88,47 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
+// Float to IEEE half, rounded to nearest even: |f| >= 65520 (halfway past the largest
+// half, 65504) becomes ±inf, magnitudes below 2^-14 become subnormals (multiples of
+// 2^-24; 2^-25 ties to even, i.e. to zero), a NaN stays a (quiet) NaN, the sign of
+// zero is kept.
+inline uint16_t float_to_half(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u)  // NaN: quiet, keeping the top of the payload
+    return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 (or inf)
+  if (a >= 0x38800000u) {  // normal half: rebias the exponent (127 → 15), round off 13 bits
+    const uint32_t r = a - 0x38000000u;
+    return static_cast<uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+  }
+  if (a <= 0x33000000u) return sign;  // <= 2^-25: rounds to (signed) zero
+  // Subnormal half: the value in units of 2^-24 is m·2^(e−126), m the 24-bit significand.
+  const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;  // 14..24
+  const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+  return static_cast<uint16_t>(sign | (q + (rem > half || (rem == half && (q & 1u)))));
+}
+
+// IEEE half storage (F16): bits as in the IEEE 754 binary16 format.
+struct f16 {
+  uint16_t bits = 0;
+  f16() = default;
+  explicit f16(float f) : bits(float_to_half(f)) {}
+  explicit operator float() const { return half_to_float(bits); }
+};
+
+// The dtype that statistics of a tensor's rows are kept in (softmax and norm
+// statistics, per-token losses): fp32 for 16-bit data, as mixed-precision
+// kernels do, else the data's own.
+inline DType statistics_dtype(DType t) { return is_half_dtype(t) ? DType::F32 : t; }
+
 template <typename T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::F32; }
 template <> constexpr DType dtype_of<double>() { return DType::F64; }
 template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
+template <> constexpr DType dtype_of<f16>() { return DType::F16; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
 
 }  // namespace llm

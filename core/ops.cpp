@@ -1,5 +1,6 @@
 #include "core/ops.h"
 
+#include <array>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -22,21 +23,108 @@ namespace {
   throw std::invalid_argument(std::string("ops::") + op + ": " + what);
 }
 
-// Runs f(T{}) with T the C++ type of a floating dtype on the CPU.
-template <class F>
-void dispatch(const char* op, const Tensor& t, F&& f) {
+void check_cpu(const char* op, const Tensor& t) {
   if (!t.device().is_cpu())
     fail(op, "tensor on " + t.device().str() + ": the CUDA kernels come with the CUDA backend");
+}
+
+[[noreturn]] void fail_dtype(const char* op, const Tensor& t) {
+  fail(op, std::string("unsupported dtype ") + dtype_name(t.dtype()) + " (F32, F64, BF16 or F16)");
+}
+
+// Runs f(T{}) with T the C++ type of a floating dtype on the CPU, 16-bit storage types
+// included (for the ops that read them directly: sum_of_squares, all_finite).
+template <class F>
+void dispatch(const char* op, const Tensor& t, F&& f) {
+  check_cpu(op, t);
   switch (t.dtype()) {
     case DType::F32: f(float{}); return;
     case DType::F64: f(double{}); return;
-    default: fail(op, std::string("unsupported dtype ") + dtype_name(t.dtype()) + " (F32 or F64)");
+    case DType::BF16: f(bf16{}); return;
+    case DType::F16: f(f16{}); return;
+    default: fail_dtype(op, t);
   }
 }
 
-void same_dtype(const char* op, const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype()) fail(op, "dtype mismatch: " + a.str() + " vs " + b.str());
-}
+// ---------------------------------------------------------------------------
+// 16-bit operands: "compute in fp32, store in 16 bits".
+//
+// An op lists its floating operands in an OpCall (in, out or inout), then run()s its
+// kernel. All F64: the F64 kernel on the tensors themselves. Otherwise every operand is
+// F32, BF16 or F16 and the F32 kernel runs; an F32 operand is used as it is, a 16-bit
+// one through an F32 copy charged to MemoryCategory::Workspace: holding its values for
+// in and inout, uninitialised for out (the kernels write every element of those).
+// After the kernel the copies of out and inout operands are rounded back into their
+// 16-bit storage; if the kernel throws, no output is touched. Operands that share
+// memory get separate copies: an op that reads and writes one buffer in place (rope,
+// cross_entropy_backward_inplace) registers it once, as inout.
+
+enum class Use { In, Out, InOut };
+
+// One operand: the caller's tensor, and for a 16-bit one under the F32 kernel its copy.
+class Fp32Operand {
+ public:
+  template <class T> T* data() const { return (work_.defined() ? work_ : *orig_).data<T>(); }
+
+ private:
+  friend class OpCall;
+  void prepare() {
+    if (!is_half_dtype(orig_->dtype())) return;
+    if (use_ == Use::Out) work_ = Tensor::empty(orig_->shape(), DType::F32, MemoryCategory::Workspace);
+    else work_ = orig_->to(DType::F32, MemoryCategory::Workspace);
+  }
+  void commit() {
+    if (use_ == Use::In || !work_.defined()) return;
+    Tensor dst = *orig_;  // a view of the same storage
+    dst.convert_from(work_);
+  }
+  const Tensor* orig_ = nullptr;
+  Use use_ = Use::In;
+  Tensor work_;  // the F32 copy; undefined when the kernel uses *orig_ itself
+};
+
+class OpCall {
+ public:
+  explicit OpCall(const char* op) : op_(op) {}
+  OpCall(const OpCall&) = delete;
+  OpCall& operator=(const OpCall&) = delete;
+
+  const Fp32Operand& in(const Tensor& t) { return add(t, Use::In); }
+  const Fp32Operand& out(const Tensor& t) { return add(t, Use::Out); }
+  const Fp32Operand& inout(const Tensor& t) { return add(t, Use::InOut); }
+
+  // Checks the operands' dtypes and devices, makes the F32 copies, runs f(T{}) with T
+  // double (all F64) or float, and rounds the 16-bit outputs back.
+  template <class F>
+  void run(F&& f) {
+    const Tensor* f64 = nullptr;
+    const Tensor* other = nullptr;
+    for (size_t i = 0; i < n_; ++i) {
+      const Tensor& t = *ops_[i].orig_;
+      check_cpu(op_, t);
+      if (t.dtype() == DType::F64) f64 = f64 ? f64 : &t;
+      else if (t.dtype() == DType::F32 || is_half_dtype(t.dtype())) other = other ? other : &t;
+      else fail_dtype(op_, t);
+    }
+    if (f64 && other) fail(op_, "dtype mismatch: " + f64->str() + " vs " + other->str());
+    if (f64) return f(double{});
+    for (size_t i = 0; i < n_; ++i) ops_[i].prepare();
+    f(float{});
+    for (size_t i = 0; i < n_; ++i) ops_[i].commit();
+  }
+
+ private:
+  const Fp32Operand& add(const Tensor& t, Use use) {
+    if (n_ == ops_.size()) throw std::logic_error(std::string("ops::") + op_ + ": too many operands");
+    Fp32Operand& o = ops_[n_++];
+    o.orig_ = &t;
+    o.use_ = use;
+    return o;
+  }
+  const char* op_;
+  std::array<Fp32Operand, 8> ops_;
+  size_t n_ = 0;
+};
 
 void expect_numel(const char* op, const char* what, const Tensor& t, int64_t n) {
   if (t.numel() != n)
@@ -51,11 +139,12 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate
   const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
   expect_numel("linear_forward", "x", x, rows * in);
   expect_numel("linear_forward", "y", y, rows * out);
-  same_dtype("linear_forward", x, w);
-  dispatch("linear_forward", x, [&](auto z) {
+  OpCall call("linear_forward");
+  const auto &X = call.in(x), &W = call.in(w), &Y = accumulate ? call.inout(y) : call.out(y);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::gemm<T>(false, true, rows, out, in, T(1), x.data<T>(), in, w.data<T>(), in,
-                 accumulate ? T(1) : T(0), y.data<T>(), out);
+    cpu::gemm<T>(false, true, rows, out, in, T(1), X.data<T>(), in, W.data<T>(), in,
+                 accumulate ? T(1) : T(0), Y.data<T>(), out);
   });
 }
 
@@ -63,15 +152,17 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor*
   const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
   expect_numel("linear_backward", "dy", dy, rows * out);
   expect_numel("linear_backward", "dw", dw, out * in);
-  dispatch("linear_backward", x, [&](auto z) {
+  if (dx) expect_numel("linear_backward", "dx", *dx, rows * in);
+  OpCall call("linear_backward");
+  const auto &DY = call.in(dy), &X = call.in(x), &W = call.in(w), &DW = call.inout(dw);
+  const Fp32Operand* DX = dx ? &call.inout(*dx) : nullptr;
+  call.run([&](auto z) {
     using T = decltype(z);
-    if (dx) {
-      expect_numel("linear_backward", "dx", *dx, rows * in);
-      cpu::gemm<T>(false, false, rows, in, out, T(1), dy.data<T>(), out, w.data<T>(), in, T(1),
-                   dx->data<T>(), in);
-    }
-    cpu::gemm<T>(true, false, out, in, rows, T(1), dy.data<T>(), out, x.data<T>(), in, T(1),
-                 dw.data<T>(), in);
+    if (DX)
+      cpu::gemm<T>(false, false, rows, in, out, T(1), DY.data<T>(), out, W.data<T>(), in, T(1),
+                   DX->data<T>(), in);
+    cpu::gemm<T>(true, false, out, in, rows, T(1), DY.data<T>(), out, X.data<T>(), in, T(1),
+                 DW.data<T>(), in);
   });
 }
 
@@ -79,9 +170,11 @@ void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out, i
                        int64_t total_vocab) {
   const int64_t vocab = table.size(0), dim = table.size(1), n = tokens.numel();
   expect_numel("embedding_forward", "out", out, n * dim);
-  dispatch("embedding_forward", table, [&](auto z) {
+  OpCall call("embedding_forward");
+  const auto &TABLE = call.in(table), &OUT = call.out(out);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::embedding_forward<T>(tokens.data<int32_t>(), n, table.data<T>(), vocab, dim, out.data<T>(), row_begin,
+    cpu::embedding_forward<T>(tokens.data<int32_t>(), n, TABLE.data<T>(), vocab, dim, OUT.data<T>(), row_begin,
                               total_vocab);
   });
 }
@@ -90,9 +183,11 @@ void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable
                         int64_t total_vocab) {
   const int64_t vocab = dtable.size(0), dim = dtable.size(1), n = tokens.numel();
   expect_numel("embedding_backward", "dout", dout, n * dim);
-  dispatch("embedding_backward", dtable, [&](auto z) {
+  OpCall call("embedding_backward");
+  const auto &DOUT = call.in(dout), &DTABLE = call.inout(dtable);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::embedding_backward<T>(tokens.data<int32_t>(), n, dout.data<T>(), vocab, dim, dtable.data<T>(), row_begin,
+    cpu::embedding_backward<T>(tokens.data<int32_t>(), n, DOUT.data<T>(), vocab, dim, DTABLE.data<T>(), row_begin,
                                total_vocab);
   });
 }
@@ -101,9 +196,11 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   const int64_t dim = w.numel(), rows = rows_of(x, dim);
   expect_numel("rmsnorm_forward", "y", y, x.numel());
   expect_numel("rmsnorm_forward", "rstd", rstd, rows);
-  dispatch("rmsnorm_forward", x, [&](auto z) {
+  OpCall call("rmsnorm_forward");
+  const auto &X = call.in(x), &W = call.in(w), &Y = call.out(y), &RSTD = call.out(rstd);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::rmsnorm_forward<T>(x.data<T>(), w.data<T>(), rows, dim, eps, y.data<T>(), rstd.data<T>());
+    cpu::rmsnorm_forward<T>(X.data<T>(), W.data<T>(), rows, dim, eps, Y.data<T>(), RSTD.data<T>());
   });
 }
 
@@ -114,10 +211,13 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   expect_numel("rmsnorm_backward", "dy", dy, x.numel());
   expect_numel("rmsnorm_backward", "rstd", rstd, rows);
   expect_numel("rmsnorm_backward", "dw", dw, dim);
-  dispatch("rmsnorm_backward", x, [&](auto z) {
+  OpCall call("rmsnorm_backward");
+  const auto &DY = call.in(dy), &X = call.in(x), &W = call.in(w), &RSTD = call.in(rstd);
+  const auto &DX = call.inout(dx), &DW = call.inout(dw);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), rows, dim,
-                             dx.data<T>(), dw.data<T>());
+    cpu::rmsnorm_backward<T>(DY.data<T>(), X.data<T>(), W.data<T>(), RSTD.data<T>(), rows, dim,
+                             DX.data<T>(), DW.data<T>());
   });
 }
 
@@ -125,13 +225,15 @@ static void check_qkv(const char* op, const Tensor& qkv, const QkvLayout& l) {
   expect_numel(op, "qkv", qkv, l.batch * l.seq * l.row_stride());
 }
 
-// Applies a rope kernel to the q heads and then the k heads of a fused qkv buffer.
+// Applies a rope kernel (in place) to the q heads and then the k heads of a fused qkv buffer.
 template <class Kernel>
 static void rope_qk(const char* op, Tensor& qkv, const QkvLayout& l, Kernel&& kernel) {
   check_qkv(op, qkv, l);
-  dispatch(op, qkv, [&](auto z) {
+  OpCall call(op);
+  const auto& QKV = call.inout(qkv);
+  call.run([&](auto z) {
     using T = decltype(z);
-    T* q = qkv.data<T>();
+    T* q = QKV.data<T>();
     kernel(q, l.heads);
     kernel(q + l.heads * l.head_dim, l.groups);
   });
@@ -154,10 +256,12 @@ void attention_forward(const Tensor& qkv, const QkvLayout& l, Tensor& out, Tenso
   expect_numel("attention_forward", "out", out, l.batch * l.seq * l.heads * l.head_dim);
   expect_numel("attention_forward", "lse", lse, l.batch * l.heads * l.seq);
   const int64_t ld = l.row_stride(), hd = l.heads * l.head_dim, gd = l.groups * l.head_dim;
-  dispatch("attention_forward", qkv, [&](auto z) {
+  OpCall call("attention_forward");
+  const auto &QKV = call.in(qkv), &OUT = call.out(out), &LSE = call.out(lse);
+  call.run([&](auto z) {
     using T = decltype(z);
-    const T* q = qkv.data<T>();
-    cpu::attention_forward<T>(q, ld, q + hd, ld, q + hd + gd, ld, out.data<T>(), hd, lse.data<T>(),
+    const T* q = QKV.data<T>();
+    cpu::attention_forward<T>(q, ld, q + hd, ld, q + hd + gd, ld, OUT.data<T>(), hd, LSE.data<T>(),
                               l.batch, l.seq, l.seq, l.heads, l.groups, l.head_dim,
                               1.0 / std::sqrt(static_cast<double>(l.head_dim)));
   });
@@ -171,12 +275,15 @@ void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& 
   expect_numel("attention_backward", "out", out, l.batch * l.seq * l.heads * l.head_dim);
   expect_numel("attention_backward", "lse", lse, l.batch * l.heads * l.seq);
   const int64_t ld = l.row_stride(), hd = l.heads * l.head_dim, gd = l.groups * l.head_dim;
-  dispatch("attention_backward", qkv, [&](auto z) {
+  OpCall call("attention_backward");
+  const auto &DOUT = call.in(dout), &QKV = call.in(qkv), &OUT = call.in(out), &LSE = call.in(lse);
+  const auto& DQKV = call.inout(dqkv);
+  call.run([&](auto z) {
     using T = decltype(z);
-    const T* q = qkv.data<T>();
-    T* dq = dqkv.data<T>();
-    cpu::attention_backward<T>(dout.data<T>(), hd, q, ld, q + hd, ld, q + hd + gd, ld, out.data<T>(),
-                               lse.data<T>(), dq, dq + hd, dq + hd + gd, l.batch, l.seq, l.heads,
+    const T* q = QKV.data<T>();
+    T* dq = DQKV.data<T>();
+    cpu::attention_backward<T>(DOUT.data<T>(), hd, q, ld, q + hd, ld, q + hd + gd, ld, OUT.data<T>(),
+                               LSE.data<T>(), dq, dq + hd, dq + hd + gd, l.batch, l.seq, l.heads,
                                l.groups, l.head_dim, 1.0 / std::sqrt(static_cast<double>(l.head_dim)));
   });
 }
@@ -187,11 +294,13 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   if (tq > tk) fail("attention_decode", "more queries than cached keys");
   if (k_cache.numel() < tk * gd || v_cache.numel() < tk * gd) fail("attention_decode", "KV cache smaller than its length");
   expect_numel("attention_decode", "out", out, tq * hd);
-  Tensor lse = Tensor::empty({heads * tq}, q.dtype(), MemoryCategory::Workspace);
-  dispatch("attention_decode", q, [&](auto z) {
+  OpCall call("attention_decode");
+  const auto &Q = call.in(q), &K = call.in(k_cache), &V = call.in(v_cache), &OUT = call.out(out);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::attention_forward<T>(q.data<T>(), hd, k_cache.data<T>(), gd, v_cache.data<T>(), gd,
-                              out.data<T>(), hd, lse.data<T>(), 1, tq, tk, heads, groups, head_dim,
+    Tensor lse = Tensor::empty({heads * tq}, dtype_of<T>(), MemoryCategory::Workspace);
+    cpu::attention_forward<T>(Q.data<T>(), hd, K.data<T>(), gd, V.data<T>(), gd, OUT.data<T>(), hd,
+                              lse.data<T>(), 1, tq, tk, heads, groups, head_dim,
                               1.0 / std::sqrt(static_cast<double>(head_dim)));
   });
 }
@@ -199,21 +308,25 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
 void swiglu_forward(const Tensor& gate_up, Tensor& out) {
   const int64_t F = out.size(-1), rows = rows_of(out, F);
   expect_numel("swiglu_forward", "gate_up", gate_up, rows * 2 * F);
-  dispatch("swiglu_forward", out, [&](auto z) {
+  OpCall call("swiglu_forward");
+  const auto &GU = call.in(gate_up), &OUT = call.out(out);
+  call.run([&](auto z) {
     using T = decltype(z);
-    const T* g = gate_up.data<T>();
-    cpu::swiglu_forward<T>(g, g + F, 2 * F, out.data<T>(), rows, F);
+    const T* g = GU.data<T>();
+    cpu::swiglu_forward<T>(g, g + F, 2 * F, OUT.data<T>(), rows, F);
   });
 }
 
 void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up) {
   const int64_t F = dout.size(-1), rows = rows_of(dout, F);
   expect_numel("swiglu_backward", "dgate_up", dgate_up, rows * 2 * F);
-  dispatch("swiglu_backward", dout, [&](auto z) {
+  OpCall call("swiglu_backward");
+  const auto &DOUT = call.in(dout), &GU = call.in(gate_up), &DGU = call.inout(dgate_up);
+  call.run([&](auto z) {
     using T = decltype(z);
-    const T* g = gate_up.data<T>();
-    T* dg = dgate_up.data<T>();
-    cpu::swiglu_backward<T>(dout.data<T>(), g, g + F, 2 * F, dg, dg + F, rows, F);
+    const T* g = GU.data<T>();
+    T* dg = DGU.data<T>();
+    cpu::swiglu_backward<T>(DOUT.data<T>(), g, g + F, 2 * F, dg, dg + F, rows, F);
   });
 }
 
@@ -222,10 +335,12 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
   expect_numel("cross_entropy_forward", "targets", targets, rows);
   expect_numel("cross_entropy_forward", "loss", loss, rows);
   expect_numel("cross_entropy_forward", "lse", lse, rows);
-  dispatch("cross_entropy_forward", logits, [&](auto z) {
+  OpCall call("cross_entropy_forward");
+  const auto &LOGITS = call.in(logits), &LOSS = call.out(loss), &LSE = call.out(lse);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), rows, V, loss.data<T>(),
-                                  lse.data<T>());
+    cpu::cross_entropy_forward<T>(LOGITS.data<T>(), targets.data<int32_t>(), rows, V, LOSS.data<T>(),
+                                  LSE.data<T>());
   });
 }
 
@@ -235,19 +350,23 @@ void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Ten
   expect_numel("cross_entropy_backward", "targets", targets, rows);
   expect_numel("cross_entropy_backward", "lse", lse, rows);
   expect_numel("cross_entropy_backward", "dloss", dloss, rows);
-  dispatch("cross_entropy_backward", logits, [&](auto z) {
+  OpCall call("cross_entropy_backward");
+  const auto &LOGITS = call.inout(logits), &LSE = call.in(lse), &DLOSS = call.in(dloss);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::cross_entropy_backward<T>(logits.data<T>(), lse.data<T>(), targets.data<int32_t>(),
-                                   dloss.data<T>(), rows, V, logits.data<T>(), col_begin, total_V);
+    cpu::cross_entropy_backward<T>(LOGITS.data<T>(), LSE.data<T>(), targets.data<int32_t>(),
+                                   DLOSS.data<T>(), rows, V, LOGITS.data<T>(), col_begin, total_V);
   });
 }
 
 void cross_entropy_row_max(const Tensor& logits, Tensor& row_max) {
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_row_max", "row_max", row_max, rows);
-  dispatch("cross_entropy_row_max", logits, [&](auto z) {
+  OpCall call("cross_entropy_row_max");
+  const auto &LOGITS = call.in(logits), &MAX = call.out(row_max);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::cross_entropy_row_max<T>(logits.data<T>(), rows, V, row_max.data<T>());
+    cpu::cross_entropy_row_max<T>(LOGITS.data<T>(), rows, V, MAX.data<T>());
   });
 }
 
@@ -258,20 +377,24 @@ void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int
   expect_numel("cross_entropy_partial_sums", "row_max", row_max, rows);
   expect_numel("cross_entropy_partial_sums", "stats", stats, 2 * rows);
   if (stats.dtype() != DType::F64) fail("cross_entropy_partial_sums", "stats must be F64");
-  dispatch("cross_entropy_partial_sums", logits, [&](auto z) {
+  OpCall call("cross_entropy_partial_sums");
+  const auto &LOGITS = call.in(logits), &MAX = call.in(row_max);
+  call.run([&](auto z) {
     using T = decltype(z);
     double* st = stats.data<double>();
-    cpu::cross_entropy_partial_sums<T>(logits.data<T>(), targets.data<int32_t>(), rows, V, col_begin, total_V,
-                                       row_max.data<T>(), st, st + rows);
+    cpu::cross_entropy_partial_sums<T>(LOGITS.data<T>(), targets.data<int32_t>(), rows, V, col_begin, total_V,
+                                       MAX.data<T>(), st, st + rows);
   });
 }
 
 void add_(Tensor& y, const Tensor& x) {
   expect_numel("add_", "x", x, y.numel());
-  if (x.dtype() != y.dtype()) fail("add_", "x and y differ in dtype");
-  dispatch("add_", y, [&](auto z) {
+  if ((x.dtype() == DType::F64) != (y.dtype() == DType::F64)) fail("add_", "x and y differ in dtype");
+  OpCall call("add_");
+  const auto &Y = call.inout(y), &X = call.in(x);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::add_inplace<T>(y.data<T>(), x.data<T>(), y.numel());
+    cpu::add_inplace<T>(Y.data<T>(), X.data<T>(), y.numel());
   });
 }
 
@@ -281,10 +404,12 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
   expect_numel("adamw_step", "grad", grad, n);
   expect_numel("adamw_step", "exp_avg", exp_avg, n);
   expect_numel("adamw_step", "exp_avg_sq", exp_avg_sq, n);
-  dispatch("adamw_step", param, [&](auto z) {
+  OpCall call("adamw_step");
+  const auto &P = call.inout(param), &G = call.in(grad), &M = call.inout(exp_avg), &V = call.inout(exp_avg_sq);
+  call.run([&](auto z) {
     using T = decltype(z);
-    cpu::adamw_step<T>(param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(), n,
-                       p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step, p.grad_scale);
+    cpu::adamw_step<T>(P.data<T>(), G.data<T>(), M.data<T>(), V.data<T>(), n, p.lr, p.beta1, p.beta2, p.eps,
+                       p.weight_decay, p.step, p.grad_scale);
   });
 }
 

@@ -5,7 +5,15 @@
 // Conventions, shared by every op:
 //  - activations are row-major [rows, features] with rows = batch × sequence;
 //  - weights are [out_features, in_features] (Hugging Face layout, y = x·Wᵀ);
-//  - backward ops ADD into gradient outputs (callers zero them) unless noted.
+//  - backward ops ADD into gradient outputs (callers zero them) unless noted;
+//  - dtypes: every floating operand is F64 (all of them: the double kernels, for
+//    gradient checks), or any mix of F32, BF16 and F16: "compute in fp32, store in 16
+//    bits". Each 16-bit operand is then converted to an F32 copy charged to
+//    MemoryCategory::Workspace (outputs that are added into or updated in place with
+//    their current values), the F32 kernel runs, and 16-bit outputs are rounded back
+//    to nearest even. The result is bitwise the F32 op on the operands' values with
+//    its outputs rounded. Token ids and targets are I32. sum_of_squares and
+//    all_finite read 16-bit values directly (no copy).
 #pragma once
 #include <cstdint>
 
@@ -72,6 +80,8 @@ void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int
                                 const Tensor& row_max, Tensor& stats);
 
 // One AdamW step on a flat range (PyTorch's order of operations); step is 1-based.
+// Mixed precision: an F32 param (master weights) with a BF16/F16 grad works (the grad
+// is read as F32); exp_avg and exp_avg_sq would normally be F32.
 struct AdamWParams {
   double lr, beta1, beta2, eps, weight_decay;
   int64_t step;

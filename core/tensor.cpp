@@ -1,13 +1,67 @@
 #include "core/tensor.h"
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #ifdef LLM_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
 
 namespace llm {
+namespace {
+
+// d rounded to float by round-to-odd (truncate, then set the last bit if inexact).
+// Rounding that float to BF16 or F16 (13 or more bits fewer) to nearest even gives
+// d rounded directly: no double rounding through F32.
+float round_to_odd_float(double d) {
+  const float f = static_cast<float>(d);
+  if (d != d || static_cast<double>(f) == d) return f;  // NaN, or exact (infinities too)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::fabs(static_cast<double>(f)) > std::fabs(d)) --u;  // rounded away from zero: step back
+  u |= 1u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+// The value of one element, exactly, as float (F32, BF16, F16) or double (F64).
+template <class S>
+auto widen(S x) {
+  if constexpr (std::is_floating_point_v<S>) return x;
+  else return static_cast<float>(x);
+}
+
+// x rounded to nearest even into D.
+template <class D, class W>
+D narrow(W x) {
+  if constexpr (std::is_same_v<D, W>) return x;
+  else if constexpr (std::is_floating_point_v<D>) return static_cast<D>(x);
+  else if constexpr (std::is_same_v<W, double>) return D(round_to_odd_float(x));
+  else return D(x);
+}
+
+template <class S, class D>
+void convert(const S* src, D* dst, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+  for (int64_t i = 0; i < n; ++i) dst[i] = narrow<D>(widen(src[i]));
+}
+
+// Runs f(T{}) with T the C++ type of a floating dtype; false for other dtypes.
+template <class F>
+bool visit_floating(DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(float{}); return true;
+    case DType::F64: f(double{}); return true;
+    case DType::BF16: f(bf16{}); return true;
+    case DType::F16: f(f16{}); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
 
 std::string shape_str(const Shape& s) {
   std::string out = "[";
@@ -116,6 +170,34 @@ void Tensor::copy_from(const Tensor& src) {
 Tensor Tensor::clone(MemoryCategory category) const {
   Tensor t = empty(shape_, dtype_, category, device());
   t.copy_from(*this);
+  return t;
+}
+
+void Tensor::convert_from(const Tensor& src) {
+  if (src.dtype() == dtype_) return copy_from(src);
+  if (src.numel() != numel())
+    throw std::invalid_argument("convert_from: " + src.str() + " into " + str() + ": element count differs");
+  if (!device().is_cpu() || !src.device().is_cpu())
+    throw std::invalid_argument("convert_from: " + src.str() + " into " + str() +
+                                ": dtype conversion runs on the CPU only");
+  const char* s0 = static_cast<const char*>(src.raw());
+  const char* d0 = static_cast<const char*>(raw());
+  if (nbytes() && src.nbytes() && s0 < d0 + nbytes() && d0 < s0 + src.nbytes())
+    throw std::invalid_argument("convert_from: " + src.str() + " into " + str() + ": the buffers overlap");
+  bool ok = false;
+  visit_floating(src.dtype(), [&](auto s) {
+    ok = visit_floating(dtype_, [&](auto d) {
+      convert(static_cast<const decltype(s)*>(src.raw()), static_cast<decltype(d)*>(raw()), numel());
+    });
+  });
+  if (!ok)
+    throw std::invalid_argument("convert_from: " + src.str() + " into " + str() +
+                                ": conversions are between F32, F64, BF16 and F16 only");
+}
+
+Tensor Tensor::to(DType dtype, MemoryCategory category) const {
+  Tensor t = empty(shape_, dtype, category, device());
+  t.convert_from(*this);
   return t;
 }
 

@@ -70,6 +70,12 @@ class Tensor {
   void zero_();
   void copy_from(const Tensor& src);  // same dtype and numel; any devices
   Tensor clone(MemoryCategory category) const;
+  // Element-wise conversion between the floating dtypes F32, F64, BF16 and F16 (CPU):
+  // same numel, values rounded to nearest even into this tensor's dtype (F64 → 16 bits
+  // is rounded once, not through F32). Same dtypes (also I32) are a plain copy_from.
+  void convert_from(const Tensor& src);
+  // A new tensor of `dtype` holding this one's values (rounded), charged to `category`.
+  Tensor to(DType dtype, MemoryCategory category) const;
   std::string str() const;  // "F32[4, 8] cpu"
 
  private:

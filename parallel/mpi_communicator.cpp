@@ -88,6 +88,10 @@ std::pair<MPI_Datatype, int> reduce_type(const Tensor& t, const std::string& whe
     case DType::F32: return {MPI_FLOAT, static_cast<int>(t.numel())};
     case DType::F64: return {MPI_DOUBLE, static_cast<int>(t.numel())};
     case DType::I32: return {MPI_INT, static_cast<int>(t.numel())};
+    case DType::BF16:
+    case DType::F16:  // 16-bit tensors only move (as bytes): sums of them would lose precision
+      throw std::invalid_argument(where + ": reductions of " + dtype_name(t.dtype()) +
+                                  " tensors are not supported: reduce 16-bit gradients in fp32: convert to F32 first");
     default:
       throw std::invalid_argument(where + ": reductions of " + dtype_name(t.dtype()) +
                                   " tensors are not supported by the MPI backend (use F32, F64 or I32)");
