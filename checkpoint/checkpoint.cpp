@@ -78,9 +78,12 @@ static std::vector<int64_t> full_offset_of(const ParameterInfo& p) {
 }
 
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const ParameterStore& ps,
-                            const AdamW* optimizer, const std::vector<std::string>& skip) {
-  if (optimizer && (optimizer->exp_avg().numel() != ps.numel() || optimizer->exp_avg_sq().numel() != ps.numel()))
+                            const AdamW* optimizer, const std::vector<std::string>& skip, const Tensor* values) {
+  const int64_t n = ps.padded_numel();
+  if (optimizer && (optimizer->exp_avg().numel() != n || optimizer->exp_avg_sq().numel() != n))
     throw std::logic_error("write_checkpoint_shard: the optimizer state is not laid out like the parameters");
+  if (values && values->numel() != n)
+    throw std::logic_error("write_checkpoint_shard: the values are not laid out like the parameters");
   const fs::path tmp_dir = tmp_dir_of(root, iteration);
   const std::string file = shard_name(shard_rank);
   nlohmann::json tensors = nlohmann::json::array();
@@ -98,7 +101,7 @@ void write_checkpoint_shard(const std::string& root, int64_t iteration, int shar
            {"slices", {{{"file", file}, {"key", key}, {"offset", full_offset_of(p)}, {"shape", p.shape}}}}});
     }
   };
-  add("param", "", ps.values());
+  add("param", "", values ? *values : ps.values());
   if (optimizer) {
     add("exp_avg", "optimizer.exp_avg.", optimizer->exp_avg());
     add("exp_avg_sq", "optimizer.exp_avg_sq.", optimizer->exp_avg_sq());
@@ -530,6 +533,12 @@ static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, cons
 
 void load_parameters(const CheckpointOnDisk& ck, ParameterStore& params) {
   load_kind(ck, params, "param", params.values());
+}
+
+void load_parameters(const CheckpointOnDisk& ck, const ParameterStore& params, Tensor& flat) {
+  if (flat.numel() != params.padded_numel())
+    throw std::logic_error("load_parameters: " + flat.str() + " is not laid out like the parameters");
+  load_kind(ck, params, "param", flat);
 }
 
 void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) { load_parameters(ck, model.params()); }

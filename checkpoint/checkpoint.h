@@ -67,9 +67,11 @@ void prepare_checkpoint_dir(const std::string& root, int64_t iteration);
 // (ParameterInfo full_shape/full_offset). skip: parameters another writer
 // saves (a tied embedding's copy on the last stage; a replicated tensor's copy
 // on tensor-parallel ranks other than the first: every box must be saved once).
-// `optimizer`, if given, must be laid out like `params`.
+// `optimizer`, if given, must be laid out like `params`; so must `values`,
+// written instead of the store's own (fp32 master weights in mixed precision).
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const ParameterStore& params,
-                            const AdamW* optimizer, const std::vector<std::string>& skip = {});
+                            const AdamW* optimizer, const std::vector<std::string>& skip = {},
+                            const Tensor* values = nullptr);
 void write_checkpoint_shard(const std::string& root, int64_t iteration, int shard_rank, const LlamaModel& model,
                             const AdamW* optimizer, const std::vector<std::string>& skip = {});
 // Merges the writers' parts: the entries of one (name, kind) become one tensor
@@ -94,6 +96,8 @@ CheckpointOnDisk open_checkpoint(const std::string& path);
 // cover it exactly once, and the entry's shape must be the parameter's full
 // shape. Only the files of intersecting slices are read.
 void load_parameters(const CheckpointOnDisk& ck, ParameterStore& params);
+// The same values read into `flat`, laid out like `params` (any float dtype).
+void load_parameters(const CheckpointOnDisk& ck, const ParameterStore& params, Tensor& flat);
 void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model);
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt);
 

@@ -60,11 +60,16 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("num-layers-per-virtual-pipeline-stage", po::value(&c.layers_per_virtual_stage)->default_value(0), "interleaved 1F1B: blocks per model chunk, each rank holding num-layers / (pipeline size × this) chunks (0: not interleaved)")
       ("decoder-first-pipeline-num-layers", po::value(&c.first_stage_layers)->default_value(0), "blocks on the first pipeline stage (0: balanced split)")
       ("decoder-last-pipeline-num-layers", po::value(&c.last_stage_layers)->default_value(0), "blocks on the last pipeline stage (0: balanced split)")
-      ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "elements per data-parallel gradient all-reduce bucket")
-      ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage 0-3")
+      ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "ZeRO 0-1: elements per data-parallel gradient bucket (whole layers; stages 2-3 use one bucket per layer)")
+      ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage: 0 all-reduce, 1 shard Adam state, 2 also gradients, 3 also parameters (over the data-parallel group; with one dp rank all are 0)")
       ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
-      ("bf16", po::bool_switch(&c.bf16), "bf16 weights and activations, fp32 master weights")
-      ("fp16", po::bool_switch(&c.fp16), "fp16 with dynamic loss scaling");
+      ("bf16", po::bool_switch(&c.bf16), "bf16 weights, gradients and activations; fp32 master weights, Adam state and gradient reduction")
+      ("fp16", po::bool_switch(&c.fp16), "fp16 like --bf16, with dynamic loss scaling")
+      ("initial-loss-scale", po::value(&c.initial_loss_scale)->default_value(c.initial_loss_scale), "--fp16: starting loss scale")
+      ("min-loss-scale", po::value(&c.min_loss_scale)->default_value(c.min_loss_scale), "--fp16: the scale never backs off below this")
+      ("loss-scale-window", po::value(&c.loss_scale_window)->default_value(c.loss_scale_window), "--fp16: clean steps before the scale doubles")
+      ("loss-scale-backoff", po::value(&c.loss_scale_backoff)->default_value(c.loss_scale_backoff), "--fp16: factor applied to the scale after an overflow")
+      ("inject-grad-overflow-at", po::value(&c.inject_grad_overflow_at)->default_value(0), "testing: make this iteration's gradients inf on data-parallel rank 0 (0: never)");
   log.add_options()
       ("log-interval", po::value(&c.log_interval)->default_value(c.log_interval), "iterations between log lines")
       ("eval-interval", po::value(&c.eval_interval)->default_value(0), "iterations between evaluations (0: only at the end)")
@@ -207,9 +212,11 @@ void validate(TrainConfig& c, int world) {
            std::to_string(tp) + ": they must divide evenly");
   // ZeRO and mixed precision arrive with their own issue; until then say so plainly.
   need(c.zero_stage >= 0 && c.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3");
-  need(c.zero_stage <= 1, "--zero-stage " + std::to_string(c.zero_stage) + " is not supported yet: use 0 or 1");
   need(!(c.bf16 && c.fp16), "--bf16 and --fp16 are mutually exclusive: choose one");
-  need(!c.bf16 && !c.fp16, "--bf16/--fp16 are not supported yet: training runs in fp32");
+  need(c.initial_loss_scale > 0 && c.min_loss_scale > 0 && c.min_loss_scale <= c.initial_loss_scale,
+       "--initial-loss-scale and --min-loss-scale must be positive with min <= initial");
+  need(c.loss_scale_window > 0, "--loss-scale-window must be positive");
+  need(c.loss_scale_backoff > 0 && c.loss_scale_backoff < 1, "--loss-scale-backoff must lie in (0, 1)");
   need(c.recompute_granularity.empty() || c.recompute_granularity == "full" || c.recompute_granularity == "selective",
        "--recompute-granularity '" + c.recompute_granularity + "': expected full or selective");
 

@@ -32,13 +32,18 @@ struct TrainConfig {
   AdamWConfig adam;
   double clip_grad = 1.0;
   uint64_t seed = 1234;
-  // parallel layout and precision (one process, fp32 until those issues land)
+  // parallel layout and precision
   int64_t tensor_parallel = 1, pipeline_parallel = 1, zero_stage = 0;
-  int64_t ddp_bucket_size = 4 << 20;
+  int64_t ddp_bucket_size = 4 << 20;  // elements per data-parallel gradient bucket (ZeRO 0-1)
   PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;
   int64_t layers_per_virtual_stage = 0;  // > 0: interleaved 1F1B with L / (pp · this) chunks per rank
-  int64_t first_stage_layers = 0, last_stage_layers = 0;  // 0: balanced split  // elements per data-parallel gradient bucket
+  int64_t first_stage_layers = 0, last_stage_layers = 0;  // 0: balanced split
   bool sequence_parallel = false, bf16 = false, fp16 = false;
+  // fp16 dynamic loss scaling: start at initial, halve (× backoff) on a step
+  // with inf/nan gradients (skipped) down to min, double after `window` clean steps.
+  double initial_loss_scale = 65536.0, min_loss_scale = 1.0, loss_scale_backoff = 0.5;
+  int64_t loss_scale_window = 1000;
+  int64_t inject_grad_overflow_at = 0;  // testing: make this iteration's gradients overflow (0: never)
   std::string recompute_granularity;  // "", "full", "selective"
   // logging and evaluation
   int64_t log_interval = 10, eval_interval = 0, eval_iters = 10;
@@ -60,6 +65,8 @@ struct TrainConfig {
   }
   // Micro-batches each data-parallel rank runs per optimizer step.
   int64_t accumulation_steps_per_rank(int64_t dp) const { return global_batch_size / (micro_batch_size * dp); }
+  // The dtype of the model's weights, gradients and activations.
+  DType model_dtype() const { return bf16 ? DType::BF16 : fp16 ? DType::F16 : DType::F32; }
 };
 
 // Parses argv (and --config FILE). Returns nullopt after printing --help.

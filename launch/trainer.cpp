@@ -110,43 +110,31 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     for (int c = 0; c < v; ++c)
       chunks.push_back(PipelineStage::balanced(layers, c * grid.pp_size() + grid.pp_rank(), grid.pp_size() * v));
   model_ = std::make_unique<LlamaModel>(
-      cfg_.model, DType::F32, Device::cpu(), chunks,
+      cfg_.model, cfg_.model_dtype(), Device::cpu(), chunks,
       TensorParallel{grid.tp_size() > 1 ? &grid.tp() : nullptr, cfg_.sequence_parallel});
   model_->set_recompute_full(cfg_.recompute_granularity == "full");
   model_->set_recompute_selective(cfg_.recompute_granularity == "selective");
-  if (zero_sharded()) {
-    // ZeRO-1: the flat buffers split into dp equal ranges (padded); this rank
-    // keeps Adam's moments for its own range only, receives its range of the
-    // summed gradients (reduce-scatter) and shares its updated parameters
-    // with the others (all-gather).
-    ParameterStore& ps = model_->params();
-    ps.pad_to_multiple(dp_.size());
-    const int64_t shard = ps.padded_numel() / dp_.size();
-    optimizer_ = std::make_unique<AdamW>(ps, cfg_.adam, dp_.rank() * shard, (dp_.rank() + 1) * shard);
-    // The reduce-scatter leaves this rank's range in place in the gradient buffer.
-    grad_shard_ = ps.grads().flat_view(optimizer_->begin(), {shard});
-  } else {
-    optimizer_ = std::make_unique<AdamW>(model_->params(), cfg_.adam);
-    if (dp_.size() > 1) buckets_ = std::make_unique<GradBuckets>(model_->params().grads(), dp_, cfg_.ddp_bucket_size);
-  }
+  // The optimizer lays the parameters out in buckets sharded over dp (ZeRO)
+  // before they get their values.
+  optimizer_ = std::make_unique<DistributedOptimizer>(
+      *model_, dp_, DistributedOptimizerConfig{static_cast<int>(cfg_.zero_stage), cfg_.ddp_bucket_size, cfg_.adam});
+  if (cfg_.fp16) loss_scale_ = cfg_.initial_loss_scale;
+  ParameterStore& ps = model_->params();
+  // The initial values in fp32: straight into the model's own buffer when it
+  // holds them whole in fp32, else a temporary the optimizer shards and rounds.
+  const bool in_place = ps.dtype() == DType::F32 && optimizer_->stage() < 3;
+  Tensor initial = in_place ? ps.values() : Tensor::zeros({ps.padded_numel()}, DType::F32, MemoryCategory::Workspace);
   if (!cfg_.load.empty()) {
     CheckpointOnDisk ck = open_checkpoint(cfg_.load);
     if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
       throw std::runtime_error("--load " + cfg_.load + ": the checkpoint's model " + nlohmann::json(ck.model).dump() +
                                " differs from the one configured " + nlohmann::json(model_->config()).dump() +
                                "; use the same model flags as the saved run");
-    load_model_weights(ck, *model_);
-    if (zero_sharded()) {  // load the whole state, keep this rank's range
-      AdamW full(model_->params(), cfg_.adam);
+    load_parameters(ck, ps, initial);
+    {  // the whole state, of which the optimizer keeps its own slices
+      AdamW full(ps, cfg_.adam);
       load_optimizer_state(ck, full);
-      optimizer_->set_steps_taken(full.steps_taken());
-      const int64_t b = optimizer_->begin(), n = std::max<int64_t>(0, std::min(optimizer_->end(), full.exp_avg().numel()) - b);
-      if (n > 0) {
-        optimizer_->exp_avg().flat_view(0, {n}).copy_from(full.exp_avg().flat_view(b, {n}));
-        optimizer_->exp_avg_sq().flat_view(0, {n}).copy_from(full.exp_avg_sq().flat_view(b, {n}));
-      }
-    } else {
-      load_optimizer_state(ck, *optimizer_);
+      optimizer_->load_state(full);
     }
     iteration_ = ck.state.iteration;
     consumed_samples_ = ck.state.consumed_samples;
@@ -154,14 +142,20 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     interval_loss_ = ck.state.extra.value("interval_loss_sum", 0.0);
     interval_iters_ = ck.state.extra.value("interval_iters", int64_t{0});
     interval_skipped_ = ck.state.extra.value("interval_skipped", int64_t{0});
+    if (cfg_.fp16) {
+      loss_scale_ = ck.state.extra.value("loss_scale", loss_scale_);
+      clean_steps_ = ck.state.extra.value("loss_scale_clean_steps", int64_t{0});
+    }
     check_resume_settings(ck.state.scheduler, ck.manifest.at("optimizer"), ck.manifest.value("args", nlohmann::json()));
     if (!ck.state.sampler.is_null()) sampler_->check_resume(ck.state.sampler.get<data::SamplerState>());
     std::printf("loaded checkpoint %s at iteration %lld (%lld samples consumed)\n", ck.dir.c_str(),
                 static_cast<long long>(iteration_), static_cast<long long>(consumed_samples_));
     metrics_.write({{"event", "checkpoint_loaded"}, {"iteration", iteration_}, {"path", ck.dir}});
   } else {
-    model_->initialize(cfg_.seed);
+    ps.initialize_into(initial, cfg_.seed);
   }
+  optimizer_->set_values(initial);
+  initial = Tensor();
   const ModelConfig& m = model_->config();
   std::printf("model: %lld layers, hidden %lld, ffn %lld, heads %lld (query groups %lld), vocab %lld, seq %lld: "
               "%.2fM parameters (%.2fM in matrix products)\n",
@@ -181,15 +175,25 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
   if (grid_.tp_size() > 1)
     std::printf("tensor parallel: %d ranks (heads, query groups, ffn and vocabulary split)%s\n", grid_.tp_size(),
                 cfg_.sequence_parallel ? ", sequence parallel (norms and residuals split along the tokens)" : "");
-  if (zero_sharded())
-    std::printf("data parallel: %d ranks, ZeRO stage 1: Adam state for %lld of %lld parameters per rank, gradients "
-                "reduce-scattered, parameters all-gathered\n", dp_.size(),
-                static_cast<long long>(optimizer_->end() - optimizer_->begin()),
-                static_cast<long long>(model_->params().numel()));
-  else if (dp_.size() > 1)
-    std::printf("data parallel: %d ranks, gradients all-reduced in %lld bucket(s) of up to %lld elements, overlapped "
-                "with backward\n", dp_.size(), static_cast<long long>(buckets_->num_buckets()),
-                static_cast<long long>(cfg_.ddp_bucket_size));
+  if (dp_.size() > 1) {
+    static const char* what[] = {"gradients all-reduced", "Adam state sharded, gradients reduce-scattered, parameters "
+                                 "all-gathered after the update", "Adam state and gradients sharded (each layer's "
+                                 "gradients reduce-scattered and freed in every micro-batch's backward), parameters "
+                                 "all-gathered after the update", "Adam state, gradients and parameters sharded (each "
+                                 "layer's parameters gathered for its forward and backward, the next one prefetched)"};
+    std::printf("data parallel: %d ranks, ZeRO stage %d: %s; %d bucket(s) (%lld elements with padding), overlapped "
+                "with backward; Adam state for %lld of %lld parameters here\n", dp_.size(), optimizer_->stage(),
+                what[optimizer_->stage()], optimizer_->num_buckets(),
+                static_cast<long long>(model_->params().padded_numel()),
+                static_cast<long long>(optimizer_->owned_elements()), static_cast<long long>(model_->params().numel()));
+  } else if (cfg_.zero_stage > 0) {
+    std::printf("note: --zero-stage %lld with one data-parallel rank: nothing to shard, runs as stage 0\n",
+                static_cast<long long>(cfg_.zero_stage));
+  }
+  if (cfg_.bf16 || cfg_.fp16)
+    std::printf("mixed precision: %s weights, gradients and activations (emulated on the CPU: fp32 arithmetic, "
+                "rounded on store), fp32 master weights, Adam state and gradient reduction%s\n",
+                cfg_.bf16 ? "bf16" : "fp16", cfg_.fp16 ? ", dynamic loss scaling" : "");
   std::fflush(stdout);
 }
 
@@ -253,13 +257,14 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   };
   step.backward = [&](int64_t m, int chunk, const Tensor& grad_output) {
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
-    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch;
-    // summing the ranks' gradients then gives the gradient of the global mean.
-    // The last micro-batch's backward starts the data-parallel buckets as it
-    // goes (interleaved: each chunk's last, the later chunks' first).
-    std::function<void(int64_t)> on_final;
-    if (buckets_ && m + 1 == steps) on_final = [&](int64_t offset) { buckets_->grads_final_from(offset); };
-    model_->backward(ctx, 1.0 / tokens_in_batch, on_final, grad_output.defined() ? &grad_output : nullptr);
+    // d(mean loss over the global batch)/d(token loss) = 1 / tokens in the batch
+    // (times the fp16 loss scale); summing the ranks' gradients then gives the
+    // gradient of the global mean. The optimizer reduces each layer's
+    // gradients as its backward finishes (stages 0-1: in the last micro-batch).
+    double dloss = loss_scale_ / tokens_in_batch;
+    if (inject_overflow_ && m == 0 && dp_.rank() == 0) dloss = INFINITY;  // --inject-grad-overflow-at
+    optimizer_->set_last_microbatch(m + 1 == steps);
+    model_->backward(ctx, dloss, grad_output.defined() ? &grad_output : nullptr);
     Tensor grad_input = ctx.input_grad;
     ctx = MicrobatchContext{};  // this micro-batch is done: free its activations
     return grad_input;
@@ -273,21 +278,8 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
 // the norm is the same bit for bit under any pipeline split.
 double Trainer::global_grad_norm_over_stages(bool tied_copy) {
   const auto& infos = model_->params().infos();
-  std::vector<double> local;
-  if (zero_sharded()) {
-    // Each rank holds the summed gradient of its range only: per-parameter
-    // sums of squares over the ranges, added up over dp.
-    Tensor sums = Tensor::zeros({static_cast<int64_t>(infos.size())}, DType::F64, MemoryCategory::Communication);
-    const int64_t b = optimizer_->begin(), e = optimizer_->end();
-    for (size_t i = 0; i < infos.size(); ++i) {
-      const int64_t lo = std::max(b, infos[i].offset), hi = std::min(e, infos[i].offset + infos[i].numel);
-      if (lo < hi) sums.data<double>()[i] = ops::sum_of_squares(grad_shard_.flat_view(lo - b, {hi - lo}));
-    }
-    dp_.all_reduce(sums, ReduceOp::Sum);
-    local.assign(sums.data<double>(), sums.data<double>() + sums.numel());
-  } else {
-    local = grad_sums_of_squares(model_->params());
-  }
+  // Per-parameter sums of the summed gradients, complete over dp.
+  std::vector<double> local = optimizer_->grad_sums_of_squares();
   if (tied_copy && grid_.is_last_stage()) {  // the shared embedding is counted once, on the first stage
     for (size_t i = 0; i < infos.size(); ++i)
       if (infos[i].name == "model.embed_tokens.weight") local[i] = 0.0;
@@ -330,74 +322,60 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
   const int64_t steps = cfg_.accumulation_steps_per_rank(dp);
   const double tokens_in_batch = static_cast<double>(cfg_.global_batch_size * S);
-  model_->params().zero_grads();
+  optimizer_->begin_step();
   StepResult r;
-  double loss_sum = 0.0;
   batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
+  inject_overflow_ = cfg_.inject_grad_overflow_at == iteration;
   // With one stage the schedule is simply forward then backward per micro-batch.
-  loss_sum = run_pipelined_step(steps, tokens_in_batch);
-  if (buckets_) buckets_->finish();
-  if (cfg_.sequence_parallel) reduce_replicated_grads_over_tp();
+  const double loss_sum = run_pipelined_step(steps, tokens_in_batch);
+  inject_overflow_ = false;
+  optimizer_->finish_gradient_reduction();
+  // With sequence parallelism each tp rank applies the norms to its own rows
+  // only, so their weights' gradients are partial sums: add them up.
+  if (cfg_.sequence_parallel)
+    optimizer_->all_reduce_grads([](const ParameterInfo& p) { return p.replicated; }, grid_.tp());
   // A tied embedding lives on the first and the last stage: sum the two halves
   // of its gradient (input lookup and output projection) so both copies agree.
   const bool tied_copy = tied_across_stages();
-  if (tied_copy) {
-    const auto& e = model_->params().info("model.embed_tokens.weight");
-    Tensor g = model_->params().grads().flat_view(e.offset, e.shape);
-    grid_.embedding().all_reduce(g, ReduceOp::Sum);
-  }
-  if (zero_sharded()) dp_.reduce_scatter(model_->params().grads(), grad_shard_, ReduceOp::Sum);
+  if (tied_copy)
+    optimizer_->all_reduce_grads([](const ParameterInfo& p) { return p.name == "model.embed_tokens.weight"; },
+                                 grid_.embedding());
   // The loss lives on the last stage; each parameter on exactly one stage.
   r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
-  r.grad_norm = global_grad_norm_over_stages(tied_copy);
+  r.grad_norm = global_grad_norm_over_stages(tied_copy) / loss_scale_;
   r.lr = cfg_.lr.at(iteration);
-  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+  r.loss_scale = loss_scale_;
+  const bool overflow = !std::isfinite(r.grad_norm);
+  if (!std::isfinite(r.loss) || overflow) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
   } else {
-    optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad), zero_sharded() ? &grad_shard_ : nullptr);
-    if (zero_sharded()) {  // every rank updated its range: share them (in place)
-      Tensor& values = model_->params().values();
-      Tensor mine = values.flat_view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()});
-      dp_.all_gather(mine, values);
-    }
+    optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad) / loss_scale_);
   }
+  if (cfg_.fp16) update_loss_scale(overflow);
   consumed_samples_ += cfg_.global_batch_size;
   return r;
 }
 
-// With sequence parallelism each tp rank applies the norms to its own rows
-// only, so their weights' gradients are partial sums: add them up (one
-// all-reduce of all the replicated parameters' gradients packed together).
-void Trainer::reduce_replicated_grads_over_tp() {
-  ParameterStore& ps = model_->params();
-  int64_t n = 0;
-  for (const auto& p : ps.infos()) if (p.replicated) n += p.numel;
-  if (n == 0) return;
-  Tensor packed = Tensor::empty({n}, ps.grads().dtype(), MemoryCategory::Communication);
-  const size_t es = dtype_size(packed.dtype());
-  auto copy = [&](bool pack) {
-    int64_t at = 0;
-    for (const auto& p : ps.infos()) {
-      if (!p.replicated) continue;
-      char* g = static_cast<char*>(ps.grads().raw()) + p.offset * es;
-      char* b = static_cast<char*>(packed.raw()) + at * es;
-      if (pack) std::memcpy(b, g, p.numel * es);
-      else std::memcpy(g, b, p.numel * es);
-      at += p.numel;
-    }
-  };
-  copy(true);
-  grid_.tp().all_reduce(packed, ReduceOp::Sum);
-  copy(false);
+// fp16's dynamic loss scaling (as Megatron's and PyTorch's GradScaler):
+// back off at once on an overflow, grow after a window of clean steps.
+void Trainer::update_loss_scale(bool overflow) {
+  if (overflow) {
+    loss_scale_ = std::max(cfg_.min_loss_scale, loss_scale_ * cfg_.loss_scale_backoff);
+    clean_steps_ = 0;
+  } else if (++clean_steps_ >= cfg_.loss_scale_window) {
+    loss_scale_ *= 2.0;
+    clean_steps_ = 0;
+  }
 }
 
-EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
-  if (pp_.size() == 1 && !cfg_.sequence_parallel)
+EvalResult Trainer::evaluate_share(int64_t first, int64_t count, int64_t batches) {
+  if (pp_.size() == 1 && !cfg_.sequence_parallel && optimizer_->stage() < 3)
     return evaluate(*model_, *eval_windows_, first, count, cfg_.micro_batch_size);
   // Forward-only through the stages; the loss is summed on the last one.
-  // (Also with sequence parallelism: its row split needs full micro-batches.)
+  // (Also with sequence parallelism: its row split needs full micro-batches;
+  // and with ZeRO-3, whose parameter gathers need every dp rank to run the
+  // same `batches` forwards, empty ones where its share is shorter.)
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length;
-  const int64_t batches = (count + micro - 1) / micro;
   EvalResult r;
   double sum = 0.0;
   std::vector<int32_t> buf(static_cast<size_t>(micro * (S + 1)));
@@ -413,7 +391,7 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
   step.forward = [&](int64_t m, int chunk, const Tensor& input) {
     const int64_t n = std::max<int64_t>(0, std::min(micro, count - m * micro));  // windows that count
     for (int64_t i = 0; i < micro; ++i)  // padding rows repeat a counted window (ignored below)
-      eval_windows_->fill(first + (n > 0 ? m * micro + std::min(i, n - 1) : 0), 1, buf.data() + i * (S + 1));
+      eval_windows_->fill(n > 0 ? first + m * micro + std::min(i, n - 1) : 0, 1, buf.data() + i * (S + 1));
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
     model_->set_batch(ctx, buf.data(), micro, S);
     ctx.chunk = chunk;
@@ -435,14 +413,14 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count) {
 // staying equal because each rank computes the same update from the same
 // all-reduced numbers. Only tp rank 0's copy is saved, so check that before
 // saving: a hash per rank, compared on every rank (all throw together).
-void Trainer::check_replicated_parameters_agree() {
+void Trainer::check_replicated_parameters_agree(const Tensor& values) {
   const ParameterStore& ps = model_->params();
   XXH64_state_t* h = XXH64_createState();
   XXH64_reset(h, 0);
   for (const auto& p : ps.infos())
     if (p.replicated)
-      XXH64_update(h, static_cast<const char*>(ps.values().raw()) + p.offset * dtype_size(ps.dtype()),
-                   static_cast<size_t>(p.numel) * dtype_size(ps.dtype()));
+      XXH64_update(h, static_cast<const char*>(values.raw()) + p.offset * dtype_size(values.dtype()),
+                   static_cast<size_t>(p.numel) * dtype_size(values.dtype()));
   const uint64_t mine = XXH64_digest(h);
   XXH64_freeState(h);
   Tensor t = Tensor::empty({2}, DType::I32, MemoryCategory::Communication);
@@ -459,8 +437,10 @@ void Trainer::check_replicated_parameters_agree() {
 
 // --report-memory: every rank's live bytes per category (and peaks), printed
 // by rank 0, beside the ZeRO paper's model-state prediction for this rank:
-// with fp32 training, parameters 4Ψ + gradients 4Ψ + Adam moments 8Ψ, the
-// moments divided by dp from stage 1 on (Ψ: this rank's parameters).
+// parameters KΨ + gradients KΨ + optimizer state (fp32 moments 8Ψ, plus fp32
+// master weights 4Ψ with 16-bit training), K = bytes per model element, Ψ =
+// this rank's parameters; stage 1 divides the optimizer state by dp, stage 2
+// also the gradients, stage 3 everything.
 void Trainer::report_memory(const char* when) {
   const MemoryTracker& mt = memory_tracker(Device::cpu());
   constexpr MemoryCategory cats[] = {MemoryCategory::Parameters, MemoryCategory::Gradients,
@@ -468,7 +448,14 @@ void Trainer::report_memory(const char* when) {
                                      MemoryCategory::Activations, MemoryCategory::Communication};
   constexpr int kFields = 6 + 2;
   const double psi = static_cast<double>(model_->params().numel());
-  const double moments = 8.0 * psi / (cfg_.zero_stage >= 1 ? dp_.size() : 1);
+  const int stage = optimizer_->stage();
+  const double n = dp_.size(), k = static_cast<double>(dtype_size(cfg_.model_dtype()));
+  const double opt_bytes = optimizer_->has_master_weights() ? 12.0 : 8.0;
+  const double predicted = k * psi / (stage >= 3 ? n : 1) + k * psi / (stage >= 2 ? n : 1) +
+                           opt_bytes * psi / (stage >= 1 ? n : 1);
+  char formula[96];
+  std::snprintf(formula, sizeof formula, "%gΨ%s + %gΨ%s + %gΨ%s", k, stage >= 3 ? "/dp" : "", k,
+                stage >= 2 ? "/dp" : "", opt_bytes, stage >= 1 ? "/dp" : "");
   Tensor mine = Tensor::empty({kFields}, DType::F64, MemoryCategory::Communication);
   double* f = mine.data<double>();
   f[0] = static_cast<double>(mt.current(cats[0]));
@@ -478,14 +465,13 @@ void Trainer::report_memory(const char* when) {
   f[4] = static_cast<double>(mt.peak(cats[4]));
   f[5] = static_cast<double>(mt.peak(cats[5]));
   f[6] = static_cast<double>(mt.peak_total());
-  f[7] = 4.0 * psi + 4.0 * psi + moments;  // predicted model states
+  f[7] = predicted;
   Tensor all = Tensor::empty({kFields * grid_.world_size()}, DType::F64, MemoryCategory::Communication);
   grid_.world().all_gather(mine, all);
   if (grid_.world_rank() != 0) return;
   auto b = [](double x) { return format_bytes(static_cast<size_t>(x)); };
-  std::printf("memory per rank %s (ZeRO stage %lld, fp32; model states = parameters + gradients + master weights + "
-              "optimizer state, predicted 4Ψ + 4Ψ + 8Ψ%s):\n", when, static_cast<long long>(cfg_.zero_stage),
-              cfg_.zero_stage >= 1 ? "/dp" : "");
+  std::printf("memory per rank %s (ZeRO stage %d, %s; model states = parameters + gradients + master weights + "
+              "optimizer state, predicted %s):\n", when, stage, dtype_name(cfg_.model_dtype()), formula);
   for (int r = 0; r < grid_.world_size(); ++r) {
     const double* v = all.data<double>() + r * kFields;
     const GridCoord g = grid_coord(grid_.layout(), r);
@@ -505,7 +491,7 @@ void Trainer::run_evaluation(int64_t iteration) {
   // Each data-parallel rank evaluates a contiguous share of the windows.
   const int64_t per_rank = (count + dp_.size() - 1) / dp_.size();
   const int64_t first = std::min(count, per_rank * dp_.rank()), n = std::min(count, first + per_rank) - first;
-  EvalResult e = evaluate_share(first, n);
+  EvalResult e = evaluate_share(first, n, (per_rank + cfg_.micro_batch_size - 1) / cfg_.micro_batch_size);
   const double loss_sum = all_reduce_sum(dp_, all_reduce_sum(pp_, e.loss * static_cast<double>(e.tokens)));
   e.tokens = static_cast<int64_t>(all_reduce_sum(dp_, all_reduce_sum(pp_, static_cast<double>(e.tokens))));
   e.loss = e.tokens ? loss_sum / static_cast<double>(e.tokens) : 0.0;
@@ -542,34 +528,24 @@ void Trainer::save(int64_t iteration) {
   const auto t0 = std::chrono::steady_clock::now();
   if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
   world.barrier();
-  if (grid_.tp_size() > 1) check_replicated_parameters_agree();
-  // ZeRO: the moments are spread over the dp ranks; gather them (a
-  // collective) so that dp rank 0 writes the whole state as without ZeRO.
-  std::unique_ptr<AdamW> gathered;
-  if (zero_sharded()) {
-    ParameterStore& ps = model_->params();
-    gathered = std::make_unique<AdamW>(ps, cfg_.adam);
-    gathered->set_steps_taken(optimizer_->steps_taken());
-    Tensor all = Tensor::empty({ps.padded_numel()}, ps.dtype(), MemoryCategory::OptimizerState);
-    for (int k = 0; k < 2; ++k) {
-      dp_.all_gather(k == 0 ? optimizer_->exp_avg() : optimizer_->exp_avg_sq(), all);
-      (k == 0 ? gathered->exp_avg() : gathered->exp_avg_sq()).copy_from(all.flat_view(0, {ps.numel()}));
-    }
-  }
-  const AdamW* to_write = gathered ? gathered.get() : optimizer_.get();
+  // The whole state of this stage on every dp rank (collectives over dp when
+  // it is sharded): the fp32 master weights and Adam's moments; dp rank 0 writes.
+  const Tensor values = optimizer_->gather_master_values();
+  const std::unique_ptr<AdamW> state = optimizer_->gather_state();
+  if (grid_.tp_size() > 1) check_replicated_parameters_agree(values);
   if (dp_.rank() == 0) {
     std::vector<std::string> skip;
     if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
     if (grid_.tp_rank() != 0)  // parameters every tp rank holds whole are written by tp rank 0
       for (const auto& p : model_->params().infos())
         if (p.replicated) skip.push_back(p.name);
-    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), *model_, to_write, skip);
+    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), model_->params(), state.get(), skip, &values);
   }
   world.barrier();
   if (grid_.world_rank() == 0) {
     CheckpointContents c;
     c.model = model_.get();
-    c.optimizer = optimizer_.get();
+    c.optimizer = state.get();
     c.state.iteration = iteration;
     c.state.consumed_samples = consumed_samples_;
     c.state.skipped_iterations = skipped_;
@@ -578,8 +554,13 @@ void Trainer::save(int64_t iteration) {
                          {"decay_iters", cfg_.lr.decay_iters}, {"style", lr_decay_style_name(cfg_.lr.style)}};
     c.state.extra = {{"interval_loss_sum", interval_loss_}, {"interval_iters", interval_iters_},
                      {"interval_skipped", interval_skipped_}};
+    if (cfg_.fp16) {
+      c.state.extra["loss_scale"] = loss_scale_;
+      c.state.extra["loss_scale_clean_steps"] = clean_steps_;
+    }
     c.layout = {{"tensor_parallel", grid_.tp_size()}, {"pipeline_parallel", grid_.pp_size()},
-                {"data_parallel", grid_.dp_size()}, {"zero_stage", cfg_.zero_stage}, {"dtype", "F32"}};
+                {"data_parallel", grid_.dp_size()}, {"zero_stage", cfg_.zero_stage}, {"dtype", "F32"},
+                {"compute_dtype", dtype_name(cfg_.model_dtype())}};
     c.args = args_json();
     c.tokenizer_model = cfg_.tokenizer_model;
     const std::string dir = commit_checkpoint(cfg_.save, c);
@@ -615,9 +596,12 @@ int Trainer::run() {
     if (r.skipped) {
       ++skipped_;
       ++interval_skipped_;
-      std::printf("iteration %lld skipped: non-finite loss %g or grad norm %g\n", static_cast<long long>(it), r.loss,
-                  r.grad_norm);
-      metrics_.write({{"event", "skipped_step"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}});
+      std::printf("iteration %lld skipped: non-finite loss %g or grad norm %g%s\n", static_cast<long long>(it), r.loss,
+                  r.grad_norm, cfg_.fp16 ? (" (fp16 loss scale " + std::to_string(r.loss_scale) + " → " +
+                                             std::to_string(loss_scale_) + ")").c_str() : "");
+      nlohmann::json ev = {{"event", "skipped_step"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}};
+      if (cfg_.fp16) ev["loss_scale"] = loss_scale_;
+      metrics_.write(ev);
     } else {
       interval_loss_ += r.loss;
       ++interval_iters_;
@@ -654,6 +638,7 @@ int Trainer::run() {
                           {"ms_per_iter", ms_per_iter},
                           {"tflops", tflops}};
       if (cfg_.peak_tflops > 0) j["mfu"] = tflops / cfg_.peak_tflops;
+      if (cfg_.fp16) j["loss_scale"] = loss_scale_;
       if (grid_.world_size() > 1) {
         // Bytes this rank (world rank 0: tp, dp rank 0 of the first stage)
         // sent per group and operation since the last log line, per iteration.

@@ -10,8 +10,8 @@
 #include "launch/train_config.h"
 #include "layers/llama_model.h"
 #include "optim/adamw.h"
+#include "optim/distributed_optimizer.h"
 #include "parallel/communicator.h"
-#include "parallel/grad_buckets.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/process_grid.h"
 
@@ -48,13 +48,13 @@ class Trainer {
 
  private:
   struct StepResult {
-    double loss = 0.0, grad_norm = 0.0, lr = 0.0;
+    double loss = 0.0, grad_norm = 0.0, lr = 0.0, loss_scale = 1.0;
     bool skipped = false;
   };
   StepResult train_step(int64_t iteration);
   void run_evaluation(int64_t iteration);
   void report_memory(const char* when);
-  void check_replicated_parameters_agree();
+  void check_replicated_parameters_agree(const Tensor& values);
   void save(int64_t iteration);
   nlohmann::json args_json() const;
 
@@ -62,25 +62,26 @@ class Trainer {
   static double all_reduce_sum(Communicator& group, double x);
   // Forward and backward of the step's micro-batches through the pipeline stages.
   double run_pipelined_step(int64_t steps, double tokens_in_batch);
-  EvalResult evaluate_share(int64_t first, int64_t count);
+  // This rank's windows [first, first + count) in `batches` micro-batches (padded).
+  EvalResult evaluate_share(int64_t first, int64_t count, int64_t batches);
   double global_grad_norm_over_stages(bool tied_copy);
-  void reduce_replicated_grads_over_tp();
   int64_t norm_slots_total_ = 0;      // parameters of the whole model
   std::vector<int64_t> norm_slot_of_;  // this rank's parameter i: its place in the global order
-  // ZeRO stage 1 over more than one data-parallel rank: the optimizer state is sharded.
-  bool zero_sharded() const { return cfg_.zero_stage >= 1 && dp_.size() > 1; }
-  Tensor grad_shard_;  // ZeRO: this rank's range of the summed gradients
   bool tied_across_stages() const { return cfg_.model.tie_embeddings && grid_.pp_size() > 1; }
+  // fp16: the loss is multiplied by this before backward; gradients divided after.
+  double loss_scale_ = 1.0;
+  int64_t clean_steps_ = 0;  // since the scale last changed
+  void update_loss_scale(bool overflow);
+  bool inject_overflow_ = false;  // this step's backward gets an infinite loss gradient
   TrainConfig cfg_;
   ProcessGrid& grid_;
   Communicator& dp_;
   Communicator& pp_;
-  std::unique_ptr<GradBuckets> buckets_;
   std::unique_ptr<data::TokenDataset> train_data_, valid_data_;
   std::unique_ptr<data::TrainSampler> sampler_;
   std::unique_ptr<data::EvalWindows> eval_windows_;
   std::unique_ptr<LlamaModel> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<DistributedOptimizer> optimizer_;
   MetricsWriter metrics_;
   int64_t iteration_ = 0, consumed_samples_ = 0, skipped_ = 0;
   // Loss average since the last log line; saved in checkpoints so a resumed

@@ -29,7 +29,7 @@ void Attention::forward(const Tensor& x, int64_t batch, int64_t seq, Tensor& y, 
   qkv_.forward(x, saved.qkv);
   ops::rope_forward(saved.qkv, l, 0, rope_theta_);
   saved.attn = Tensor::empty({rows, heads_ * head_dim_}, x.dtype(), MemoryCategory::Activations, x.device());
-  saved.lse = Tensor::empty({batch, heads_, seq}, x.dtype(), MemoryCategory::Activations, x.device());
+  saved.lse = Tensor::empty({batch, heads_, seq}, statistics_dtype(x.dtype()), MemoryCategory::Activations, x.device());
   ops::attention_forward(saved.qkv, l, saved.attn, saved.lse);
   o_proj_.forward(saved.attn, y, /*accumulate=*/true);
   if (recompute_core_) saved.attn = saved.lse = Tensor();  // rebuilt in backward
@@ -41,7 +41,7 @@ void Attention::backward(const Tensor& dy, const Saved& saved, int64_t batch, in
   Tensor attn = saved.attn, lse = saved.lse;
   if (!attn.defined()) {  // selective recomputation: the same kernel on the same q/k/v gives the same values
     attn = Tensor::empty({rows, heads_ * head_dim_}, dy.dtype(), MemoryCategory::Activations, dy.device());
-    lse = Tensor::empty({batch, heads_, seq}, dy.dtype(), MemoryCategory::Activations, dy.device());
+    lse = Tensor::empty({batch, heads_, seq}, statistics_dtype(dy.dtype()), MemoryCategory::Activations, dy.device());
     ops::attention_forward(saved.qkv, l, attn, lse);
   }
   Tensor dattn = Tensor::zeros({rows, heads_ * head_dim_}, dy.dtype(), MemoryCategory::Activations, dy.device());

@@ -73,17 +73,28 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, std::
   // order within each chunk, and the chunks in model order.
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const PipelineStage& ch = chunks_[c];
+    const int ci = static_cast<int>(c);
     chunk_blocks_.push_back(blocks_.size());
     chunk_params_.push_back(store_.infos().size());
-    if (ch.first)
+    if (ch.first) {
+      const size_t at = store_.infos().size();
       embed_ = std::make_unique<Embedding>(store_, "model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size,
                                            cfg_.init_std, tp_);
-    for (int64_t i = ch.first_layer; i < ch.first_layer + ch.num_layers; ++i)
+      embed_unit_ = add_unit(at, ci, cfg_.tie_embeddings);
+    }
+    for (int64_t i = ch.first_layer; i < ch.first_layer + ch.num_layers; ++i) {
+      const size_t at = store_.infos().size();
       blocks_.push_back(std::make_unique<TransformerBlock>(store_, i, cfg_, tp_));
+      block_unit_.push_back(add_unit(at, ci, false));
+    }
   }
   chunk_blocks_.push_back(blocks_.size());
   if (chunks_.back().last) {
+    const int ci = static_cast<int>(chunks_.size()) - 1;
+    size_t at = store_.infos().size();
     final_norm_ = std::make_unique<RMSNorm>(store_, "model.norm.weight", cfg_.hidden_size, cfg_.norm_eps);
+    norm_unit_ = add_unit(at, ci, false);
+    at = store_.infos().size();
     if (cfg_.tie_embeddings && embed_)
       lm_head_ = std::make_unique<Linear>(store_, embed_->weight());
     else if (cfg_.tie_embeddings)  // the last of several stages keeps its own copy, kept equal
@@ -94,6 +105,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, std::
       lm_head_ = std::make_unique<Linear>(
           store_, std::vector<std::pair<std::string, int64_t>>{{"lm_head.weight", cfg_.vocab_size}}, cfg_.hidden_size,
           cfg_.init_std, LinearSplit::Columns, tp_);
+    head_unit_ = store_.infos().size() > at ? add_unit(at, ci, cfg_.tie_embeddings) : embed_unit_;
     // The output projection is vocab-parallel like the embedding: rank r holds rows [r·V/tp, (r+1)·V/tp).
     loss_ = std::make_unique<LanguageModelLoss>(cfg_.vocab_size, tp_.rank() * tp_.part(cfg_.vocab_size), tp_);
   }
@@ -101,9 +113,15 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, DType dtype, Device device, std::
   store_.allocate();
 }
 
-int64_t LlamaModel::chunk_param_offset(int chunk) const {
-  const size_t i = chunk_params_.at(static_cast<size_t>(chunk));
-  return i < store_.infos().size() ? store_.infos()[i].offset : store_.numel();
+int LlamaModel::add_unit(size_t first_param, int chunk, bool standalone) {
+  units_.push_back({first_param, store_.infos().size(), chunk, standalone});
+  return static_cast<int>(units_.size()) - 1;
+}
+
+int LlamaModel::next_unit(int unit, bool backward) const {
+  const int next = backward ? unit - 1 : unit + 1;
+  if (unit < 0 || next < 0 || next >= static_cast<int>(units_.size())) return -1;
+  return units_[next].chunk == units_[unit].chunk ? next : -1;
 }
 
 void LlamaModel::set_recompute_selective(bool on) {
@@ -131,7 +149,9 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   Tensor x;
   if (chunk.first) {
     x = Tensor::empty({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    acquire(embed_unit_, false, next_unit(embed_unit_, false));
     embed_->forward(ctx.inputs, x);
+    release(embed_unit_, false);
     x = tp_.reduce(x);  // vocab-parallel: each rank looked up its own rows
   } else {
     x = ctx.input_hidden;
@@ -139,6 +159,8 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   ctx.blocks.assign(nb, {});
   ctx.block_inputs.assign(recompute_full_ ? nb : 0, {});
   for (size_t i = 0; i < nb; ++i) {
+    const int u = block_unit_[b0 + i];
+    acquire(u, false, next_unit(u, false));
     if (recompute_full_) {
       ctx.block_inputs[i] = x;
       TransformerBlock::Saved scratch;  // dropped here, rebuilt in backward
@@ -146,6 +168,7 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
     } else {
       x = blocks_[b0 + i]->forward(x, ctx.batch, ctx.seq, ctx.blocks[i]);
     }
+    release(u, false);
   }
   if (!chunk.last) {  // a stage before the last: the loss is computed downstream
     ctx.output_hidden = x;
@@ -154,12 +177,18 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
     return 0.0;
   }
   Tensor normed = Tensor::empty(x.shape(), dtype_, MemoryCategory::Activations, device_);
+  acquire(norm_unit_, false, head_unit_ != embed_unit_ ? head_unit_ : -1);
   final_norm_->forward(x, normed, ctx.final_norm);
+  release(norm_unit_, false);
   ctx.normed = normed;  // this rank's rows (with SP); backward gathers them again
   ctx.logits = Tensor::empty({rows, lm_head_->out_features()}, dtype_, MemoryCategory::Activations, device_);
+  acquire(head_unit_, false, -1);
   lm_head_->forward(tp_.gather(normed), ctx.logits);
-  Tensor losses = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
-  ctx.lse = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
+  release(head_unit_, false);
+  // Per-token losses and log-sum-exps in fp32 even when the logits are 16-bit.
+  const DType stats = statistics_dtype(dtype_);
+  Tensor losses = Tensor::empty({rows}, stats, MemoryCategory::Activations, device_);
+  ctx.lse = Tensor::empty({rows}, stats, MemoryCategory::Activations, device_);
   loss_->forward(ctx.logits, ctx.targets, losses, ctx.lse);
   // Sum in a fixed order in double so the reported loss does not depend on threads.
   double sum = 0.0;
@@ -167,7 +196,7 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   const int32_t* tg = ctx.targets.data<int32_t>();
   for (int64_t r = 0; r < rows; ++r) {
     if (tg[r] < 0) continue;
-    sum += dtype_ == DType::F64 ? losses.data<double>()[r] : static_cast<double>(losses.data<float>()[r]);
+    sum += stats == DType::F64 ? losses.data<double>()[r] : static_cast<double>(losses.data<float>()[r]);
     ++count;
   }
   ctx.loss_sum = sum;
@@ -175,47 +204,50 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   return sum;
 }
 
-void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const std::function<void(int64_t)>& grads_final,
-                          const Tensor* grad_output) const {
+void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const Tensor* grad_output) const {
   const int64_t rows = ctx.batch * ctx.seq, d = cfg_.hidden_size;
-  auto final_from = [&](const std::string& first_param) {
-    if (grads_final) grads_final(store_.info(first_param).offset);
-  };
   const PipelineStage& chunk = chunks_.at(static_cast<size_t>(ctx.chunk));
   const size_t b0 = chunk_blocks_[ctx.chunk];
   Tensor dx;
   if (chunk.last) {
-    Tensor dl = Tensor::empty({rows}, dtype_, MemoryCategory::Activations, device_);
-    if (dtype_ == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
+    Tensor dl = Tensor::empty({rows}, statistics_dtype(dtype_), MemoryCategory::Activations, device_);
+    if (dl.dtype() == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
     else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
     loss_->backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
     Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
+    acquire(head_unit_, true, norm_unit_);
     lm_head_->backward(ctx.logits, tp_.gather(ctx.normed), &dnormed);
+    // A weight tied to this rank's embedding gets more gradient in the embedding's backward.
+    release(head_unit_, true, head_unit_ != embed_unit_);
     ctx.logits = ctx.normed = ctx.lse = Tensor();  // the largest activation: free it as soon as possible
-    if (!cfg_.tie_embeddings) final_from("lm_head.weight");
     dnormed = tp_.reduce(dnormed);  // column-parallel head: the input gradient is a partial sum
     dx = Tensor::zeros(dnormed.shape(), dtype_, MemoryCategory::Activations, device_);
+    acquire(norm_unit_, true, next_unit(norm_unit_, true));
     final_norm_->backward(dnormed, ctx.final_norm, dx);
+    release(norm_unit_, true);
     ctx.final_norm = {};
-    final_from("model.norm.weight");
   } else {
     if (!grad_output) throw std::logic_error("backward on a stage before the last needs the output's gradient");
     dx = grad_output->clone(MemoryCategory::Activations);
   }
   for (size_t i = ctx.blocks.size(); i-- > 0;) {
+    const int u = block_unit_[b0 + i];
+    acquire(u, true, next_unit(u, true));
     if (recompute_full_) {  // same kernels, same values
       blocks_[b0 + i]->forward(ctx.block_inputs[i], ctx.batch, ctx.seq, ctx.blocks[i]);
       ctx.block_inputs[i] = Tensor();
     }
     dx = blocks_[b0 + i]->backward(dx, ctx.blocks[i], ctx.batch, ctx.seq);
+    release(u, true);
     ctx.blocks[i] = {};  // release this block's activations
-    final_from("model.layers." + std::to_string(chunk.first_layer + static_cast<int64_t>(i)) +
-               ".input_layernorm.weight");
   }
-  if (chunk.first) embed_->backward(ctx.inputs, tp_.gather(dx));
-  else ctx.input_grad = dx;
-  // Everything from this chunk's first parameter on is final (later chunks finished earlier).
-  if (grads_final) grads_final(chunk_param_offset(ctx.chunk));
+  if (chunk.first) {
+    acquire(embed_unit_, true, -1);
+    embed_->backward(ctx.inputs, tp_.gather(dx));
+    release(embed_unit_, true);
+  } else {
+    ctx.input_grad = dx;
+  }
 }
 
 LlamaModel::DecodeState LlamaModel::new_decode_state(int64_t max_len) const {
@@ -243,11 +275,11 @@ std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, Decode
   Tensor normed = Tensor::empty({1, d}, dtype_, MemoryCategory::Activations, device_);
   RMSNorm::Saved scratch;
   final_norm_->forward(last, normed, scratch);
-  Tensor logits = Tensor::empty({1, V}, dtype_, MemoryCategory::Activations, device_);
+  Tensor logits = Tensor::empty({1, V}, statistics_dtype(dtype_), MemoryCategory::Activations, device_);
   lm_head_->forward(normed, logits);
   std::vector<float> out(V);
   for (int64_t v = 0; v < V; ++v)
-    out[v] = dtype_ == DType::F64 ? static_cast<float>(logits.data<double>()[v]) : logits.data<float>()[v];
+    out[v] = logits.dtype() == DType::F64 ? static_cast<float>(logits.data<double>()[v]) : logits.data<float>()[v];
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include "layers/linear.h"
 #include "layers/lm_loss.h"
 #include "layers/model_config.h"
+#include "layers/parameter_hooks.h"
 #include "layers/rmsnorm.h"
 #include "layers/transformer_block.h"
 
@@ -80,6 +81,10 @@ class LlamaModel {
   ParameterStore& params() { return store_; }
   const ParameterStore& params() const { return store_; }
   void initialize(uint64_t seed) { store_.initialize(seed); }
+  // The parameter units in registration order (see layers/parameter_hooks.h)
+  // and who is told when they are used (none: every parameter always held).
+  const std::vector<ParameterUnit>& units() const { return units_; }
+  void set_parameter_hooks(ParameterHooks* hooks) { hooks_ = hooks; }
 
   // windows: `batch` rows of seq+1 token ids; inputs are the first seq, targets the last seq.
   void set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const;
@@ -87,12 +92,9 @@ class LlamaModel {
   double forward(MicrobatchContext& ctx) const;
   // Accumulates parameter gradients of (dloss · sum of token losses).
   // dloss = 1 / (tokens in the global batch) gives the gradient of the mean.
-  // grads_final(offset), when given, is called as soon as the gradients at
-  // flat offsets [offset, end) are complete (data-parallel overlap).
   // On a stage that is not the last, grad_output is the gradient of
   // ctx.output_hidden; on one that is not the first, ctx.input_grad is set.
-  void backward(MicrobatchContext& ctx, double dloss,
-                const std::function<void(int64_t)>& grads_final = nullptr, const Tensor* grad_output = nullptr) const;
+  void backward(MicrobatchContext& ctx, double dloss, const Tensor* grad_output = nullptr) const;
 
   // Generation: feeds `tokens` (positions after the cache) and returns the
   // logits of the last one [vocab].
@@ -108,7 +110,19 @@ class LlamaModel {
   std::vector<PipelineStage> chunks_;
   std::vector<size_t> chunk_blocks_;  // chunk c's blocks: [chunk_blocks_[c], chunk_blocks_[c + 1])
   std::vector<size_t> chunk_params_;  // chunk c's parameter infos, likewise
-  int64_t chunk_param_offset(int chunk) const;  // flat offset of the chunk's first parameter
+  int add_unit(size_t first_param, int chunk, bool standalone);  // the parameters registered since first_param
+  void acquire(int unit, bool backward, int prefetch) const {
+    if (hooks_ && unit >= 0) hooks_->acquire(unit, backward, prefetch);
+  }
+  void release(int unit, bool backward, bool grads_complete = true) const {
+    if (hooks_ && unit >= 0) hooks_->release(unit, backward, grads_complete);
+  }
+  // The unit used after `unit` in forward (or before it, in backward) within its chunk; −1 if none.
+  int next_unit(int unit, bool backward) const;
+  std::vector<ParameterUnit> units_;
+  int embed_unit_ = -1, norm_unit_ = -1, head_unit_ = -1;  // head_unit_ == embed_unit_ when tied here
+  std::vector<int> block_unit_;
+  ParameterHooks* hooks_ = nullptr;
   TensorParallel tp_;
   bool recompute_full_ = false;
   DType dtype_;

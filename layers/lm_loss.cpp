@@ -28,13 +28,13 @@ void LanguageModelLoss::forward(const Tensor& logits, const Tensor& targets, Ten
     return;
   }
   const int64_t rows = targets.numel();
-  Tensor row_max = Tensor::empty({rows}, logits.dtype(), MemoryCategory::Activations, logits.device());
+  Tensor row_max = Tensor::empty({rows}, statistics_dtype(logits.dtype()), MemoryCategory::Activations, logits.device());
   ops::cross_entropy_row_max(logits, row_max);
   tp_.group->all_reduce(row_max, ReduceOp::Max);
   Tensor stats = Tensor::empty({2 * rows}, DType::F64, MemoryCategory::Activations, logits.device());
   ops::cross_entropy_partial_sums(logits, targets, vocab_begin_, vocab_, row_max, stats);
   tp_.group->all_reduce(stats, ReduceOp::Sum);
-  if (logits.dtype() == DType::F64) finish_rows<double>(row_max, stats, targets, losses, lse);
+  if (row_max.dtype() == DType::F64) finish_rows<double>(row_max, stats, targets, losses, lse);
   else finish_rows<float>(row_max, stats, targets, losses, lse);
 }
 

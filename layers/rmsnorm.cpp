@@ -10,7 +10,7 @@ RMSNorm::RMSNorm(ParameterStore& store, const std::string& name, int64_t hidden,
 void RMSNorm::forward(const Tensor& x, Tensor& y, Saved& saved) const {
   const int64_t rows = x.numel() / weight_.shape[0];
   saved.x = x;
-  saved.rstd = Tensor::empty({rows}, x.dtype(), MemoryCategory::Activations, x.device());
+  saved.rstd = Tensor::empty({rows}, statistics_dtype(x.dtype()), MemoryCategory::Activations, x.device());
   ops::rmsnorm_forward(x, store_.value(weight_), eps_, y, saved.rstd);
 }
 

@@ -12,6 +12,15 @@ Tensor TensorParallel::gather(const Tensor& residual) const {
 
 Tensor TensorParallel::reduce(Tensor& partial) const {
   if (!active()) return partial;
+  if (statistics_dtype(partial.dtype()) != partial.dtype()) {  // 16-bit partial sums are added in fp32
+    Tensor wide = partial.to(DType::F32, MemoryCategory::Communication);
+    const Tensor sum = reduce(wide);
+    Tensor out = sequence_parallel ? Tensor::empty(sum.shape(), partial.dtype(), MemoryCategory::Activations,
+                                                   partial.device())
+                                   : partial;
+    out.convert_from(sum);
+    return out;
+  }
   if (!sequence_parallel) {
     group->all_reduce(partial, ReduceOp::Sum);
     return partial;

@@ -8,36 +8,47 @@
 
 namespace llm {
 
-AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg, int64_t begin, int64_t end)
-    : params_(params), cfg_(cfg), begin_(begin), end_(end < 0 ? params.numel() : end) {
-  if (begin_ < 0 || begin_ > end_) throw std::invalid_argument("AdamW: invalid range");
-  const Device dev = params.values().device();
-  exp_avg_ = Tensor::zeros({end_ - begin_}, params.dtype(), MemoryCategory::OptimizerState, dev);
-  exp_avg_sq_ = Tensor::zeros({end_ - begin_}, params.dtype(), MemoryCategory::OptimizerState, dev);
+AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : params_(&params), cfg_(cfg) {
+  // One segment per run of adjacent parameters with the same decay rule.
+  const auto& infos = params.infos();
+  const bool whole = params.values().defined() && params.grads().defined();
+  for (size_t i = 0; whole && i < infos.size();) {
+    size_t j = i + 1;
+    while (j < infos.size() && infos[j].weight_decay == infos[i].weight_decay &&
+           infos[j].offset == infos[j - 1].offset + infos[j - 1].numel)
+      ++j;
+    const int64_t lo = infos[i].offset, n = infos[j - 1].offset + infos[j - 1].numel - lo;
+    segments_.push_back({params.values().flat_view(lo, {n}), params.grads().flat_view(lo, {n}), lo,
+                         infos[i].weight_decay});
+    i = j;
+  }
+  const DType state = params.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  exp_avg_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, params.device());
+  exp_avg_sq_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, params.device());
 }
 
-void AdamW::step(double lr, double grad_scale, const Tensor* grads) {
+AdamW::AdamW(const AdamWConfig& cfg, std::vector<AdamWSegment> segments, int64_t state_numel, DType state_dtype,
+             Device device)
+    : cfg_(cfg), segments_(std::move(segments)) {
+  for (const auto& s : segments_)
+    if (s.state_offset < 0 || s.state_offset + s.param.numel() > state_numel || s.grad.numel() != s.param.numel())
+      throw std::logic_error("AdamW: a segment lies outside the state or its gradient has another size");
+  exp_avg_ = Tensor::zeros({state_numel}, state_dtype, MemoryCategory::OptimizerState, device);
+  exp_avg_sq_ = Tensor::zeros({state_numel}, state_dtype, MemoryCategory::OptimizerState, device);
+}
+
+const ParameterStore& AdamW::params() const {
+  if (!params_) throw std::logic_error("AdamW: this optimizer updates a shard, not a whole parameter store");
+  return *params_;
+}
+
+void AdamW::step(double lr, double grad_scale) {
   ++step_;
-  // The range's part of each parameter; adjacent parts with the same decay
-  // form one run: one kernel call each.
-  const auto& infos = params_.infos();
-  const int64_t hi_all = std::min(end_, params_.numel());  // the padding holds no parameter
-  size_t i = 0;
-  while (i < infos.size()) {
-    const bool decay = infos[i].weight_decay;
-    size_t j = i;
-    while (j < infos.size() && infos[j].weight_decay == decay) ++j;
-    const int64_t lo = std::max(begin_, infos[i].offset);
-    const int64_t hi = std::min(hi_all, infos[j - 1].offset + infos[j - 1].numel);
-    if (lo < hi) {
-      Tensor p = params_.values().flat_view(lo, {hi - lo});
-      Tensor g = grads ? grads->flat_view(lo - begin_, {hi - lo}) : params_.grads().flat_view(lo, {hi - lo});
-      Tensor m = exp_avg_.flat_view(lo - begin_, {hi - lo});
-      Tensor v = exp_avg_sq_.flat_view(lo - begin_, {hi - lo});
-      ops::adamw_step(p, g, m, v,
-                      {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, decay ? cfg_.weight_decay : 0.0, step_, grad_scale});
-    }
-    i = j;
+  for (auto& s : segments_) {
+    Tensor m = exp_avg_.flat_view(s.state_offset, {s.param.numel()});
+    Tensor v = exp_avg_sq_.flat_view(s.state_offset, {s.param.numel()});
+    ops::adamw_step(s.param, s.grad, m, v,
+                    {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0, step_, grad_scale});
   }
 }
 

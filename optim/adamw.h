@@ -1,4 +1,4 @@
-// AdamW over the flat parameter buffer (decoupled weight decay, none on norm
+// AdamW over flat parameter ranges (decoupled weight decay, none on norm
 // weights), with the gradient-clipping coefficient folded into the update.
 #pragma once
 #include <cstdint>
@@ -14,18 +14,26 @@ struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
 
+// A run of elements updated together: views of the parameters (fp32 master
+// weights in mixed precision) and of their gradients (any float dtype), and
+// where the run's moments start in the optimizer's state buffers.
+struct AdamWSegment {
+  Tensor param, grad;
+  int64_t state_offset = 0;
+  bool decay = true;
+};
+
 class AdamW {
  public:
-  // Updates flat elements [begin, end) of the parameters (default: all of
-  // them) and keeps moments for that range only: ZeRO's optimizer-state
-  // shard, one contiguous range per data-parallel rank.
-  AdamW(ParameterStore& params, const AdamWConfig& cfg, int64_t begin = 0, int64_t end = -1);
-  // One update with learning rate lr; gradients are first multiplied by
-  // grad_scale. grads: the range's gradients (default: the store's).
-  void step(double lr, double grad_scale, const Tensor* grads = nullptr);
-  int64_t begin() const { return begin_; }
-  int64_t end() const { return end_; }
-  bool covers_all() const { return begin_ == 0 && end_ == params_.numel(); }
+  // Every parameter of the store, moments laid out like the flat buffers
+  // (padded_numel() elements). When the store holds no flat values or
+  // gradients (ZeRO-3) this is state only: the moments, for checkpoints.
+  AdamW(ParameterStore& params, const AdamWConfig& cfg);
+  // Given segments (a ZeRO shard); moments for state_numel elements.
+  AdamW(const AdamWConfig& cfg, std::vector<AdamWSegment> segments, int64_t state_numel, DType state_dtype,
+        Device device);
+  // One update of every segment with learning rate lr; gradients are first multiplied by grad_scale.
+  void step(double lr, double grad_scale);
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t s) { step_ = s; }
   Tensor& exp_avg() { return exp_avg_; }
@@ -33,13 +41,15 @@ class AdamW {
   const Tensor& exp_avg() const { return exp_avg_; }
   const Tensor& exp_avg_sq() const { return exp_avg_sq_; }
   const AdamWConfig& config() const { return cfg_; }
-  const ParameterStore& params() const { return params_; }
+  const std::vector<AdamWSegment>& segments() const { return segments_; }
+  // The store whose layout the moments follow (the first constructor only).
+  const ParameterStore& params() const;
 
  private:
-  ParameterStore& params_;
+  ParameterStore* params_ = nullptr;
   AdamWConfig cfg_;
-  int64_t begin_ = 0, end_ = 0;
-  Tensor exp_avg_, exp_avg_sq_;  // [end − begin]
+  std::vector<AdamWSegment> segments_;
+  Tensor exp_avg_, exp_avg_sq_;
   int64_t step_ = 0;
 };
 

@@ -11,82 +11,13 @@
 #include "checkpoint/checkpoint.h"
 #include "layers/llama_model.h"
 #include "tests/support/run_tool.h"
+#include "tests/support/training_runs.h"
 
 using namespace llm::test;
 
 namespace {
 
-
-std::map<int64_t, nlohmann::json> iterations(const std::string& metrics) {
-  std::map<int64_t, nlohmann::json> out;
-  for (const auto& j : read_jsonl(metrics))
-    if (j.contains("lm_loss")) out[j["iteration"].get<int64_t>()] = j;
-  return out;
-}
-
-double val_loss(const std::string& metrics) {
-  double v = NAN;
-  for (const auto& j : read_jsonl(metrics))
-    if (j.contains("val_loss")) v = j["val_loss"];
-  return v;
-}
-
-// A checkpoint loaded into one process holding the whole model (whatever
-// layout wrote it): the flat parameter buffer in Hugging Face order.
-std::vector<float> load_unsplit(const std::string& dir) {
-  const llm::CheckpointOnDisk ck = llm::open_checkpoint(dir);
-  llm::LlamaModel model(ck.model);
-  llm::load_model_weights(ck, model);
-  const llm::Tensor& v = model.params().values();
-  return std::vector<float>(v.data<float>(), v.data<float>() + v.numel());
-}
-
-// ‖a − b‖ / ‖a‖
-double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    norm += double(a[i]) * a[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
-class ParallelLayouts : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    const auto r = prepare_test_corpus(*dir_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  static void TearDownTestSuite() { delete dir_; }
-
-  // 4 layers (pp up to 4), 8 heads in 4 query groups (tp up to 4), 8 sequences
-  // per step in micro-batches of 2 (dp up to 2 with accumulation left over);
-  // clipping at 0.5 is active, so the global gradient norm must be right too.
-  static std::string flags() {
-    return " --num-layers 4 --hidden-size 64 --num-attention-heads 8 --num-query-groups 4 --seq-length 32"
-           " --micro-batch-size 2 --global-batch-size 8 --train-iters 10 --lr 3e-3 --lr-warmup-iters 2"
-           " --clip-grad 0.5 --log-interval 1 --eval-iters 3 --data-path " + (*dir_ / "gpl") +
-           " --tokenizer-model " + (*dir_ / "tok.model");
-  }
-  // The model flags() describe (vocabulary: the 512-piece tokenizer), resolved.
-  static llm::ModelConfig model_config() {
-    llm::ModelConfig m;
-    m.num_layers = 4;
-    m.hidden_size = 64;
-    m.num_attention_heads = 8;
-    m.num_query_groups = 4;
-    m.seq_length = 32;
-    m.vocab_size = 512;
-    return m.resolved();
-  }
-  static ToolResult train(int ranks, const std::string& extra) {
-    if (ranks == 1) return run_tool("OMP_NUM_THREADS=1 " + bin("llm-train") + flags() + extra);
-    return run_tool(mpiexec(ranks) + bin("llm-train") + flags() + extra);
-  }
-  static TempDir* dir_;
-};
-TempDir* ParallelLayouts::dir_ = nullptr;
+using ParallelLayouts = TinyModelRuns;
 
 struct Layout {
   int tp, pp, dp;
@@ -271,83 +202,6 @@ TEST_F(ParallelLayouts, CommunicationEqualsTheAnalyticCount) {
   }
 }
 
-// A category in llm-train's memory report, e.g. "optimizer_state 1.19 MiB (peak 1.19 MiB)".
-double reported_bytes(const std::string& out, const std::string& category) {
-  return bytes_after(out, "\n" + category + " ");
-}
-
-// ZeRO stage 1: each dp rank keeps Adam's moments for 1/dp of the parameters,
-// receives its range of the summed gradients by reduce-scatter and shares its
-// updated range by all-gather: the same training, the same bytes as the
-// all-reduce, 1/dp of the optimizer state.
-TEST_F(ParallelLayouts, ZeroStage1ShardsAdamAndTrainsLikeOneProcess) {
-  TempDir run;
-  auto one = train(1, " --metrics-file " + (run / "one.jsonl") + " --save " + (run / "one_ck"));
-  ASSERT_EQ(one.exit_code, 0) << one.output;
-  const auto a = iterations(run / "one.jsonl");
-  const std::vector<float> final_one = load_unsplit(run / "one_ck");
-  const double one_state = reported_bytes(one.output, "optimizer_state");
-  ASSERT_GT(one_state, 0) << one.output;
-  const int64_t N = model_config().num_parameters();
-  std::map<int, double> states_by_dp;  // rank 0's measured model states
-  const std::vector<std::pair<int, std::string>> layouts = {
-      {2, ""}, {4, ""}, {4, " --tensor-model-parallel-size 2 --sequence-parallel"},
-      {4, " --pipeline-model-parallel-size 2"}, {8, " --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2"}};
-  for (const auto& [ranks, layout] : layouts) {
-    SCOPED_TRACE(std::to_string(ranks) + " ranks" + layout);
-    const std::string tag = std::to_string(ranks) + "_" + std::to_string(layout.size());
-    auto r = train(ranks, layout + " --zero-stage 1 --report-memory --metrics-file " + (run / (tag + ".jsonl")) +
-                              " --save " + (run / (tag + "_ck")));
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    // --report-memory: every rank's measured model states against 4Ψ + 4Ψ + 8Ψ/dp, twice per run.
-    int rows = 0;
-    for (size_t at = r.output.find(", ratio "); at != std::string::npos; at = r.output.find(", ratio ", at + 1), ++rows)
-      EXPECT_NEAR(std::stod(r.output.substr(at + 8)), 1.0, 0.05) << r.output.substr(r.output.rfind('\n', at), 200);
-    EXPECT_EQ(rows, 2 * ranks) << r.output;
-    if (layout.empty()) states_by_dp[ranks] = bytes_after(r.output, "| model states ");
-    const auto b = iterations(run / (tag + ".jsonl"));
-    ASSERT_EQ(b.size(), 10u) << r.output;
-    for (int64_t it = 1; it <= 10; ++it)
-      EXPECT_NEAR(b.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(),
-                  1e-5 * a.at(it)["lm_loss"].get<double>()) << it;
-    EXPECT_LT(relative_difference(final_one, load_unsplit(run / (tag + "_ck"))), 1e-5);
-    if (layout.empty()) {  // dp only: the whole model on every rank, so the counts are simple
-      const int64_t dp = ranks, shard = (N + dp - 1) / dp;
-      // Moments (2 × fp32) for this rank's range: 8·⌈N/dp⌉ bytes against 8·N.
-      EXPECT_NEAR(reported_bytes(r.output, "optimizer_state"), 8.0 * shard, 0.01 * 8.0 * shard) << r.output;
-      EXPECT_NEAR(reported_bytes(r.output, "optimizer_state") * dp, one_state, 0.01 * one_state);
-      const uint64_t part = static_cast<uint64_t>(shard * dp * 4) * (dp - 1) / dp;  // ring share of the whole
-      for (int64_t it = 2; it <= 10; ++it) {
-        const auto& c = b.at(it)["comm_bytes_per_iter"]["dp"];
-        EXPECT_EQ(c["reduce_scatter"].get<uint64_t>(), part) << it;
-        EXPECT_EQ(c["all_gather"].get<uint64_t>(), part) << it;
-      }
-    }
-  }
-  // The formula's decrease with dp: 4Ψ + 4Ψ + 8Ψ/dp.
-  ASSERT_GT(states_by_dp[2], 0);
-  EXPECT_NEAR(states_by_dp[4] / states_by_dp[2], (8.0 + 8.0 / 4) / (8.0 + 8.0 / 2), 0.01);
-  // A ZeRO-1 checkpoint (moments gathered on save) resumes bitwise under the
-  // same layout and within rounding in one process without ZeRO.
-  auto first = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 5 --save " + (run / "zck"));
-  ASSERT_EQ(first.exit_code, 0) << first.output;
-  auto same = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --load " + (run / "zck") + " --metrics-file " +
-                           (run / "same.jsonl"));
-  ASSERT_EQ(same.exit_code, 0) << same.output;
-  auto plain = train(1, " --load " + (run / "zck") + " --metrics-file " + (run / "plain.jsonl"));
-  ASSERT_EQ(plain.exit_code, 0) << plain.output;
-  auto full = train(4, " --tensor-model-parallel-size 2 --zero-stage 1 --metrics-file " + (run / "full.jsonl"));
-  ASSERT_EQ(full.exit_code, 0) << full.output;
-  const auto s1 = iterations(run / "same.jsonl"), p1 = iterations(run / "plain.jsonl"), f1 = iterations(run / "full.jsonl");
-  ASSERT_EQ(s1.size(), 5u);
-  ASSERT_EQ(p1.size(), 5u);
-  for (int64_t it = 6; it <= 10; ++it) {
-    EXPECT_EQ(s1.at(it)["lm_loss"].get<double>(), f1.at(it)["lm_loss"].get<double>()) << it;
-    EXPECT_NEAR(p1.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(),
-                1e-5 * a.at(it)["lm_loss"].get<double>()) << it;
-  }
-}
-
 TEST_F(ParallelLayouts, InvalidLayoutsFailOnEveryRankWithoutHanging) {
   struct Case {
     int ranks;
@@ -365,7 +219,8 @@ TEST_F(ParallelLayouts, InvalidLayoutsFailOnEveryRankWithoutHanging) {
       {2, " --global-batch-size 6 --micro-batch-size 4",
        "--global-batch-size 6 is not divisible by --micro-batch-size 4 × data-parallel size 2"},
       {2, " --sequence-parallel", "--sequence-parallel needs --tensor-model-parallel-size > 1"},
-      {2, " --zero-stage 2", "--zero-stage 2 is not supported yet: use 0 or 1"},
+      {2, " --zero-stage 4", "--zero-stage must be 0, 1, 2 or 3"},
+      {2, " --bf16 --fp16", "--bf16 and --fp16 are mutually exclusive: choose one"},
       {2, " --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1 --global-batch-size 6",
        "the interleaved schedule needs the micro-batches per step (--global-batch-size / (--micro-batch-size × "
        "data-parallel size) = 3) to be a multiple of --pipeline-model-parallel-size 2"},

@@ -39,14 +39,18 @@ Trace run(PipelineSchedule schedule, int64_t num_micro, Communicator& pp) {
     tr.max_in_flight = std::max<int64_t>(tr.max_in_flight, tr.forwards.size() - tr.backwards.size());
     // Stage 0 starts from m + 1; every later stage adds one.
     const float x = stage == 0 ? static_cast<float>(m + 1) : in.data<float>()[0] + 1;
-    if (stage == stages - 1) EXPECT_EQ(x, static_cast<float>(m + stages)) << "micro-batch " << m;
+    if (stage == stages - 1) {
+      EXPECT_EQ(x, static_cast<float>(m + stages)) << "micro-batch " << m;
+    }
     return filled(x);
   };
   step.backward = [&](int64_t m, int, const Tensor& g) {
     tr.backwards.push_back(m);
     // The last stage starts from 10·m; every stage adds one on the way back.
     const float x = stage == stages - 1 ? static_cast<float>(10 * m) : g.data<float>()[0];
-    if (stage == 0) EXPECT_EQ(x, static_cast<float>(10 * m + stages - 1)) << "micro-batch " << m;
+    if (stage == 0) {
+      EXPECT_EQ(x, static_cast<float>(10 * m + stages - 1)) << "micro-batch " << m;
+    }
     return filled(x + 1);
   };
   run_pipeline(schedule, num_micro, pp, step);
@@ -134,7 +138,9 @@ TEST_P(Interleaved, EveryMicroBatchPassesEveryModelStageOnceInOrder) {
   const ChunkTrace f = run_interleaved(PipelineSchedule::ForwardOnly, m, chunks, pp);
   for (int c = 0; c < chunks; ++c) EXPECT_EQ(f.forwards[c], in_order);
   // Micro-batches that do not fill whole groups of p are refused on every rank.
-  if (m > 1) EXPECT_THROW(run_interleaved(PipelineSchedule::OneFOneB, m - 1, chunks, pp), std::invalid_argument);
+  if (m > 1) {
+    EXPECT_THROW(run_interleaved(PipelineSchedule::OneFOneB, m - 1, chunks, pp), std::invalid_argument);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(ChunksAndMicroBatches, Interleaved,
