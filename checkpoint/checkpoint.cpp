@@ -1,11 +1,14 @@
 #include "checkpoint/checkpoint.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -188,6 +191,48 @@ static Box slice_box(const nlohmann::json& s, const Shape& full, const std::stri
   return b;
 }
 
+// The iteration of a directory name iter_NNNNNNN (tmp: with ".tmp"), or −1.
+static int64_t iteration_of_dir_name(const std::string& name, bool tmp) {
+  const std::string suffix = tmp ? ".tmp" : "";
+  if (name.size() != 12 + suffix.size() || name.rfind("iter_", 0) != 0 || !name.ends_with(suffix)) return -1;
+  int64_t it = 0;
+  for (size_t i = 5; i < 12; ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    it = it * 10 + (name[i] - '0');
+  }
+  return it;
+}
+
+std::vector<std::string> remove_old_checkpoints(const std::string& root, int64_t keep_last) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  std::string latest;
+  if (fs::exists(fs::path(root) / "latest")) {
+    latest = read_text((fs::path(root) / "latest").string());
+    while (!latest.empty() && std::isspace(static_cast<unsigned char>(latest.back()))) latest.pop_back();
+  }
+  std::vector<std::pair<int64_t, fs::path>> done, unfinished;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (const int64_t it = iteration_of_dir_name(name, false); it >= 0 && fs::exists(e.path() / "manifest.json"))
+      done.emplace_back(it, e.path());
+    else if (const int64_t t = iteration_of_dir_name(name, true); t >= 0)
+      unfinished.emplace_back(t, e.path());
+  }
+  std::sort(done.begin(), done.end());
+  const int64_t newest = done.empty() ? -1 : done.back().first;
+  auto remove = [&](const fs::path& d) {
+    fs::remove_all(d, ec);
+    if (!ec) removed.push_back(d.string());
+  };
+  if (keep_last > 0)
+    for (size_t i = 0; i + static_cast<size_t>(keep_last) < done.size(); ++i)
+      if (done[i].second.filename().string() != latest) remove(done[i].second);
+  for (const auto& [it, d] : unfinished)
+    if (it < newest) remove(d);
+  return removed;
+}
+
 std::string commit_checkpoint(const std::string& root, const CheckpointContents& c) {
   const std::string name = iteration_dir_name(c.state.iteration);
   const fs::path final_dir = fs::path(root) / name, tmp_dir = tmp_dir_of(root, c.state.iteration);
@@ -288,8 +333,60 @@ std::string save_checkpoint(const std::string& root, const CheckpointContents& c
   return commit_checkpoint(root, c);
 }
 
+// Checks each file's size and xxHash64 against the manifest the first time
+// its data is wanted, then remembers it: a rank hashes only what it reads,
+// and each file once (copies of a CheckpointOnDisk share one verifier).
+class CheckpointFileVerifier {
+ public:
+  std::string verify(const CheckpointOnDisk& ck, const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string path = (fs::path(ck.dir) / name).string();
+    if (verified_.count(name)) return path;
+    const auto it = ck.files.find(name);
+    if (it == ck.files.end())
+      throw std::runtime_error("checkpoint " + ck.dir + ": file '" + name + "' is not in the manifest's files table");
+    check_size(ck.dir, name, it->second.bytes);
+    const uint64_t digest = xxhash64_file(path);
+    if (digest != it->second.xxh64) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " (xxh64 %016llx, the manifest says %016llx)",
+                    static_cast<unsigned long long>(digest), static_cast<unsigned long long>(it->second.xxh64));
+      throw std::runtime_error("checkpoint file '" + path + "' fails its xxHash64 checksum: corrupted" + buf);
+    }
+    verified_.insert(name);
+    return path;
+  }
+
+  // The file exists and has the size the manifest records.
+  static void check_size(const std::string& dir, const std::string& name, uint64_t want) {
+    const fs::path f = fs::path(dir) / name;
+    std::error_code ec;
+    const bool regular = fs::is_regular_file(f, ec);
+    if (!regular) {
+      if (!fs::exists(f, ec))
+        throw std::runtime_error("checkpoint file '" + f.string() + "' is missing from the checkpoint directory " + dir);
+      throw std::runtime_error("checkpoint file '" + f.string() + "' is not a regular file");
+    }
+    const uint64_t have = fs::file_size(f, ec);
+    if (ec) throw std::runtime_error("checkpoint file '" + f.string() + "': cannot read its size (" + ec.message() + ")");
+    if (have != want)
+      throw std::runtime_error("checkpoint file '" + f.string() + "' has " + std::to_string(have) +
+                               " bytes, the manifest says " + std::to_string(want) + " (truncated or replaced)");
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<std::string> verified_;
+};
+
+std::string CheckpointOnDisk::verified_file(const std::string& name) const {
+  if (verifier) return verifier->verify(*this, name);
+  return CheckpointFileVerifier().verify(*this, name);  // a hand-built object: check every time
+}
+
 std::string CheckpointOnDisk::tokenizer_model() const {
-  const fs::path p = fs::path(dir) / "tokenizer.model";
+  if (files.count("tokenizer.model")) return verified_file("tokenizer.model");
+  const fs::path p = fs::path(dir) / "tokenizer.model";  // not listed (never written so): unchecked
   return fs::exists(p) ? p.string() : "";
 }
 
@@ -301,8 +398,9 @@ CheckpointOnDisk open_checkpoint(const std::string& path) {
       throw std::runtime_error("--load " + path + ": neither a checkpoint (no manifest.json) nor a --save directory (no 'latest' file)");
     std::string name = read_text((dir / "latest").string());
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    if (name.empty() || name.find('/') != std::string::npos || name.find("..") != std::string::npos)
-      throw std::runtime_error("--load " + path + ": 'latest' holds an invalid name '" + name + "'");
+    if (!is_plain_checkpoint_file_name(name))
+      throw std::runtime_error("--load " + path + ": 'latest' holds an invalid name '" + name +
+                               "' (a directory name inside " + path + " was expected)");
     dir /= name;
     if (!fs::exists(dir / "manifest.json"))
       throw std::runtime_error("--load " + path + ": 'latest' points at " + dir.string() + ", which has no manifest.json");
@@ -310,47 +408,28 @@ CheckpointOnDisk open_checkpoint(const std::string& path) {
   CheckpointOnDisk ck;
   ck.dir = dir.string();
   const std::string mpath = (dir / "manifest.json").string();
+  // Structure, types, names and boxes (parse_manifest); errors name mpath.
+  ParsedManifest parsed = parse_manifest(read_text(mpath), mpath);
+  ck.format_version = parsed.format_version;
+  ck.tensors = std::move(parsed.tensors);
+  ck.files = std::move(parsed.files);
+  ck.manifest = std::move(parsed.document);
   try {
-    ck.manifest = nlohmann::json::parse(read_text(mpath));
-    if (ck.manifest.at("format") != "llm-checkpoint")
-      throw std::runtime_error("not an llm checkpoint manifest");
-    const int version = ck.manifest.at("format_version");
-    if (version > kCheckpointFormatVersion)
-      throw std::runtime_error("format version " + std::to_string(version) + " is newer than this build reads (" +
-                               std::to_string(kCheckpointFormatVersion) + "): update the runtime");
     ck.model = ck.manifest.at("model").get<ModelConfig>();
     ck.state = ck.manifest.at("training_state").get<TrainingState>();
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_manifest checked the types these read
     throw std::runtime_error("'" + mpath + "' is not a valid manifest: " + e.what());
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error("'" + mpath + "': " + e.what());
   }
+  // Every file present with its recorded size: cheap (no reading), and every
+  // rank refuses a damaged checkpoint up front. Checksums are left to the
+  // first read of each file (CheckpointFileVerifier).
   try {
-    for (auto& [fname, info] : ck.manifest.at("files").items()) {
-      if (fname.empty() || fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
-        throw std::runtime_error("names a file outside the checkpoint: '" + fname + "'");
-      const fs::path f = dir / fname;
-      if (!fs::exists(f)) throw std::runtime_error("checkpoint file '" + f.string() + "' is missing");
-      const uint64_t want_bytes = info.at("bytes").get<uint64_t>();
-      if (fs::file_size(f) != want_bytes)
-        throw std::runtime_error("checkpoint file '" + f.string() + "' has " + std::to_string(fs::file_size(f)) +
-                                 " bytes, the manifest says " + std::to_string(want_bytes) + " (truncated or replaced)");
-      if (xxhash64_file(f.string()) != info.at("xxh64").get<uint64_t>())
-        throw std::runtime_error("checkpoint file '" + f.string() + "' fails its xxHash64 checksum (corrupted)");
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + mpath + "': invalid 'files' entry: " + e.what());
+    for (const auto& [fname, info] : ck.files) CheckpointFileVerifier::check_size(ck.dir, fname, info.bytes);
   } catch (const std::runtime_error& e) {
     throw std::runtime_error("'" + mpath + "': " + e.what());
   }
+  ck.verifier = std::make_shared<CheckpointFileVerifier>();
   return ck;
-}
-
-// Reads a JSON integer, refusing floats and other types (a float would convert with UB).
-static int64_t json_int(const nlohmann::json& j, const char* key) {
-  const auto& v = j.at(key);
-  if (!v.is_number_integer()) throw std::runtime_error(std::string("'") + key + "' must be an integer");
-  return v.get<int64_t>();
 }
 
 static Shape row_major_strides(const Shape& shape) {
@@ -436,61 +515,54 @@ static void copy_box(const char* src, const Box& src_box, char* dst, const Box& 
 // Fills `flat` (a flat buffer laid out like the store's parameters) from the
 // manifest entries of one kind: each parameter's part (the box [full_offset,
 // full_offset + shape) of its full tensor) from the slices that intersect it.
-// Every slice must come from a file the manifest lists (and so was
-// checksummed), and the slices that meet a part must cover each of its
-// elements exactly once. Only the slices that meet a part are read.
+// open_checkpoint checked the entries (every slice inside its full shape, from
+// a listed file); here each entry's full shape must be the parameter's, the
+// slices that meet a part must cover each of its elements exactly once, and
+// each slice's tensor in its shard must have the slice's shape and dtype.
+// Only the files of slices that meet a part are read, each checksummed first.
 static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, const std::string& kind, Tensor& flat) {
   const std::string mpath = (fs::path(ck.dir) / "manifest.json").string();
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;
-  std::map<std::string, const nlohmann::json*> by_name;
+  std::map<std::string, const ManifestTensor*> by_name;
   const size_t elem = dtype_size(flat.dtype());
   try {
-    for (const auto& t : ck.manifest.at("tensors"))
-      if (t.at("kind") == kind) by_name[t.at("name").get<std::string>()] = &t;
-    const auto& files = ck.manifest.at("files");
+    for (const auto& t : ck.tensors)
+      if (t.kind == kind) by_name[t.name] = &t;
     for (const auto& p : ps.infos()) {
       auto it = by_name.find(p.name);
       if (it == by_name.end())
         throw std::runtime_error("has no " + kind + " for '" + p.name + "': it was saved from a different model");
-      const auto& t = *it->second;
+      const ManifestTensor& t = *it->second;
       const Shape full = full_shape_of(p);
-      const Shape saved = json_ints(t, "shape");
-      if (saved != full)
-        throw std::runtime_error("'" + p.name + "' has shape " + shape_str(saved) + ", the model expects " +
+      if (t.shape != full)
+        throw std::runtime_error("'" + p.name + "' has shape " + shape_str(t.shape) + ", the model expects " +
                                  shape_str(full) + (full == p.shape ? "" : " (the full tensor)"));
       const Box local{full_offset_of(p), p.shape};
       const Shape strides = row_major_strides(full);
 
       // Each slice's pieces that meet the local part, and what they cover of it.
       struct Hit {
-        const nlohmann::json* slice;
+        const ManifestSlice* slice;
         Shape data_shape;  // how the slice's data is stored
         std::vector<std::pair<Piece, Box>> pieces;  // piece, its intersection with `local`
       };
       std::vector<Hit> hits;
       std::vector<Box> covered;
-      for (const auto& s : t.at("slices")) {
-        const std::string file = s.at("file");
-        if (!files.contains(file))
-          throw std::runtime_error("slice of '" + p.name + "' names file '" + file + "', which 'files' does not list");
+      for (const auto& s : t.slices) {
         std::vector<Piece> pieces;
         Hit h{&s, {}, {}};
-        if (s.contains("begin") || s.contains("end")) {  // format version 1: a flat range of the full tensor
-          const int64_t begin = json_int(s, "begin"), end = json_int(s, "end"), n = shape_numel(full);
-          if (begin < 0 || end > n || begin > end)
-            throw std::runtime_error("slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") of '" +
-                                     p.name + "' lies outside its " + std::to_string(n) + " elements");
-          h.data_shape = {end - begin};
-          if (begin < end) {
+        if (s.flat) {  // format version 1: a flat range of the full tensor (inside it: parse_manifest)
+          h.data_shape = {s.end - s.begin};
+          if (s.begin < s.end) {
             if (full.empty()) {
               pieces.push_back({Box{}, 0});
             } else {
               std::vector<int64_t> prefix;
-              split_flat_range(full, strides, 0, prefix, begin, end, 0, begin, pieces);
+              split_flat_range(full, strides, 0, prefix, s.begin, s.end, 0, s.begin, pieces);
             }
           }
-        } else {
-          Box b = slice_box(s, full, p.name);
+        } else {  // a box inside the full shape (parse_manifest)
+          Box b{s.offset, s.shape};
           h.data_shape = b.shape;
           if (b.numel() > 0) pieces.push_back({std::move(b), 0});
         }
@@ -507,26 +579,34 @@ static void load_kind(const CheckpointOnDisk& ck, const ParameterStore& ps, cons
       Tensor dst = flat.flat_view(p.offset, p.shape);
       Tensor host = flat.device().is_cpu() ? dst : Tensor::empty(p.shape, flat.dtype(), MemoryCategory::Workspace);
       for (const auto& h : hits) {
-        const std::string file = h.slice->at("file"), key = h.slice->at("key");
-        auto& r = readers[file];
-        if (!r) r = std::make_unique<SafetensorsReader>((fs::path(ck.dir) / file).string());
+        const ManifestSlice& s = *h.slice;
+        auto& r = readers[s.file];
+        if (!r) r = std::make_unique<SafetensorsReader>(ck.verified_file(s.file));  // checksum, once per file
+        const SafetensorsEntry& e = r->entry(s.key);  // names the file when the key is missing
+        if (s.flat ? shape_numel(e.shape) != s.end - s.begin : e.shape != s.shape)
+          throw std::runtime_error("'" + r->path() + "': tensor '" + s.key + "' has shape " + shape_str(e.shape) +
+                                   ", the manifest's slice of " + kind + " '" + p.name + "' says " +
+                                   shape_str(h.data_shape));
+        if (!t.dtype.empty() && t.dtype != dtype_name(e.dtype))
+          throw std::runtime_error("'" + r->path() + "': tensor '" + s.key + "' is " + dtype_name(e.dtype) +
+                                   ", the manifest says " + t.dtype);
         const auto& [piece, in] = h.pieces.front();
         if (h.pieces.size() == 1 && piece.box == local && piece.data_offset == 0 &&
             shape_numel(h.data_shape) == local.numel()) {
-          r->read_into(key, host);
+          r->read_into(s.key, host);
           continue;
         }
         Tensor tmp = Tensor::empty(h.data_shape, flat.dtype(), MemoryCategory::Workspace);
-        r->read_into(key, tmp);
+        r->read_into(s.key, tmp);
         for (const auto& [pc, inter] : h.pieces)
           copy_box(static_cast<const char*>(tmp.raw()) + pc.data_offset * static_cast<int64_t>(elem), pc.box,
                    static_cast<char*>(host.raw()), local, inter, elem);
       }
       if (!flat.device().is_cpu()) dst.copy_from(host);
     }
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + mpath + "': invalid tensor entry: " + e.what());
   } catch (const std::runtime_error& e) {
+    throw std::runtime_error("checkpoint '" + mpath + "': " + e.what());
+  } catch (const std::invalid_argument& e) {  // shapes the tensor code refuses
     throw std::runtime_error("checkpoint '" + mpath + "': " + e.what());
   }
 }
@@ -541,7 +621,13 @@ void load_parameters(const CheckpointOnDisk& ck, const ParameterStore& params, T
   load_kind(ck, params, "param", flat);
 }
 
-void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) { load_parameters(ck, model.params()); }
+void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model) {
+  const nlohmann::json saved = ck.model, mine = model.config();
+  if (saved != mine)
+    throw std::runtime_error("checkpoint '" + (fs::path(ck.dir) / "manifest.json").string() +
+                             "' holds another model: " + saved.dump() + ", this model is " + mine.dump());
+  load_parameters(ck, model.params());
+}
 
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt) {
   if (ck.manifest.at("optimizer").is_null())

@@ -20,18 +20,19 @@
 // then replaces `latest` atomically: a crash leaves the previous one loadable.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/manifest.h"  // kCheckpointFormatVersion, parse_manifest
 #include "layers/llama_model.h"
 #include "optim/adamw.h"
 
 namespace llm {
-
-constexpr int kCheckpointFormatVersion = 2;
 
 struct TrainingState {
   int64_t iteration = 0;
@@ -79,17 +80,39 @@ void write_checkpoint_shard(const std::string& root, int64_t iteration, int shar
 // differ, or if the slices overlap or leave a gap in the full tensor). The
 // model config comes from c.model, else c.config.
 std::string commit_checkpoint(const std::string& root, const CheckpointContents& c);
+// Retention (--keep-last N): removes committed iteration directories under
+// root beyond the N newest (never the one `latest` names) and the temporary
+// directories of unfinished saves older than the newest committed one (left by
+// a crash). Returns the directories removed.
+std::vector<std::string> remove_old_checkpoints(const std::string& root, int64_t keep_last);
 
-// A checkpoint found on disk, manifest read and files verified.
+// A checkpoint found on disk, its manifest read and checked.
+//
+// Integrity: open_checkpoint parses the manifest (parse_manifest: structure,
+// types, file names that stay inside the directory, slices inside their full
+// shapes) and checks that every listed file exists with the size the manifest
+// records; it hashes nothing. A file's xxHash64 is checked the first time
+// its data is used (verified_file: by a loader, or tokenizer_model()), once
+// per file however many copies of this object ask, so each rank hashes only
+// the shards it actually reads. Every error names the file.
+class CheckpointFileVerifier;
 struct CheckpointOnDisk {
   std::string dir;
-  nlohmann::json manifest;
+  nlohmann::json manifest;  // the document as read ("optimizer" set to null when absent)
+  int format_version = 0;
+  std::vector<ManifestTensor> tensors;        // the tensor entries, checked
+  std::map<std::string, ManifestFile> files;  // the files table, checked
   ModelConfig model;
   TrainingState state;
-  std::string tokenizer_model() const;  // path inside dir, or "" if none
+  std::string tokenizer_model() const;  // path inside dir (checksum verified), or "" if none
+  // The path of a file the manifest lists, after checking (once) that it
+  // exists, has the recorded size and its xxHash64 matches.
+  std::string verified_file(const std::string& name) const;
+  std::shared_ptr<CheckpointFileVerifier> verifier;  // shared by copies
 };
 // `path` is a --save root (its `latest` is used) or one iteration's directory.
-// Verifies the format version and each shard's size and checksum.
+// Verifies the format version, the manifest and each file's presence and
+// size (checksums: when a file is first read, see above).
 CheckpointOnDisk open_checkpoint(const std::string& path);
 // Each local parameter's box is assembled from the slices that intersect it
 // (any layout: whole tensors, parts along any dimension); the slices must
@@ -98,6 +121,7 @@ CheckpointOnDisk open_checkpoint(const std::string& path);
 void load_parameters(const CheckpointOnDisk& ck, ParameterStore& params);
 // The same values read into `flat`, laid out like `params` (any float dtype).
 void load_parameters(const CheckpointOnDisk& ck, const ParameterStore& params, Tensor& flat);
+// Refuses a checkpoint of another model config (naming both), then load_parameters.
 void load_model_weights(const CheckpointOnDisk& ck, LlamaModel& model);
 void load_optimizer_state(const CheckpointOnDisk& ck, AdamW& opt);
 

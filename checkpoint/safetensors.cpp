@@ -69,55 +69,21 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error("cannot open '" + path + "': file missing or unreadable");
   file_size_ = static_cast<uint64_t>(in.tellg());
-  auto bad = [&](const std::string& why) {
-    return std::runtime_error("'" + path + "' is not a valid safetensors file: " + why);
-  };
-  if (file_size_ < 8) throw bad("shorter than its 8-byte header length (truncated?)");
+  // The length, then the header itself (checked against the file size before
+  // anything is allocated), parsed by the in-memory parser the fuzzer runs.
+  uint8_t len_le[8] = {};
   in.seekg(0);
-  unsigned char len_le[8];
-  in.read(reinterpret_cast<char*>(len_le), 8);
-  uint64_t hlen = 0;
-  for (int i = 0; i < 8; ++i) hlen |= static_cast<uint64_t>(len_le[i]) << (8 * i);
-  if (hlen > file_size_ - 8 || hlen > (100u << 20)) throw bad("header length " + std::to_string(hlen) + " exceeds the file");
-  std::string h(hlen, '\0');
-  in.read(h.data(), static_cast<std::streamsize>(hlen));
-  data_start_ = 8 + hlen;
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(h);
-  } catch (const std::exception& e) {
-    throw bad(std::string("header is not JSON (") + e.what() + ")");
-  }
-  if (!header.is_object()) throw bad("header is not a JSON object");
-  const uint64_t data_size = file_size_ - data_start_;
-  for (auto& [name, v] : header.items()) {
-    if (name == "__metadata__") {
-      if (v.is_object())
-        for (auto& [k, val] : v.items())
-          if (val.is_string()) metadata_[k] = val.get<std::string>();
-      continue;
-    }
-    try {
-      SafetensorsEntry e;
-      e.dtype = dtype_from_name(v.at("dtype").get<std::string>());
-      e.shape = v.at("shape").get<Shape>();
-      auto offs = v.at("data_offsets");
-      e.begin = offs.at(0).get<uint64_t>();
-      e.end = offs.at(1).get<uint64_t>();
-      if (e.begin > e.end || e.end > data_size)
-        throw bad("tensor '" + name + "' byte range [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                  ") lies outside the data section of " + std::to_string(data_size) + " bytes (truncated file?)");
-      const int64_t n = shape_numel(e.shape);
-      if (static_cast<uint64_t>(n) * dtype_size(e.dtype) != e.end - e.begin)
-        throw bad("tensor '" + name + "' has " + std::to_string(e.end - e.begin) + " bytes but shape " +
-                  shape_str(e.shape) + " needs " + std::to_string(n * dtype_size(e.dtype)));
-      entries_[name] = e;
-    } catch (const nlohmann::json::exception& ex) {
-      throw bad("entry '" + name + "': " + ex.what());
-    } catch (const std::invalid_argument& ex) {
-      throw bad("entry '" + name + "': " + ex.what());
-    }
-  }
+  if (file_size_ >= 8) in.read(reinterpret_cast<char*>(len_le), 8);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  const uint64_t hlen = safetensors_header_length(len_le, file_size_, path);
+  std::vector<uint8_t> head(static_cast<size_t>(8 + hlen));
+  std::memcpy(head.data(), len_le, 8);
+  in.read(reinterpret_cast<char*>(head.data() + 8), static_cast<std::streamsize>(hlen));
+  if (!in) throw std::runtime_error("'" + path + "': short read of the safetensors header (file changed while read?)");
+  SafetensorsHeader h = parse_safetensors_header(head.data(), head.size(), file_size_, path);
+  data_start_ = h.data_start;
+  entries_ = std::move(h.entries);
+  metadata_ = std::move(h.metadata);
 }
 
 const SafetensorsEntry& SafetensorsReader::entry(const std::string& name) const {

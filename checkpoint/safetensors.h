@@ -7,15 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/safetensors_header.h"
 #include "core/tensor.h"
 
 namespace llm {
-
-struct SafetensorsEntry {
-  DType dtype;
-  Shape shape;
-  uint64_t begin = 0, end = 0;  // byte range within the data section
-};
 
 class SafetensorsWriter {
  public:
@@ -39,8 +34,9 @@ class SafetensorsWriter {
 
 class SafetensorsReader {
  public:
-  // Reads and validates the header: every range inside the file, no overlaps,
-  // sizes matching dtype × shape. Errors name the file.
+  // Reads and validates the header (parse_safetensors_header: every range
+  // inside the file, no overlaps, sizes matching dtype × shape). Errors name
+  // the file and the tensor.
   explicit SafetensorsReader(const std::string& path);
   const std::map<std::string, SafetensorsEntry>& entries() const { return entries_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
