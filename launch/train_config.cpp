@@ -69,7 +69,22 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("min-loss-scale", po::value(&c.min_loss_scale)->default_value(c.min_loss_scale), "--fp16: the scale never backs off below this")
       ("loss-scale-window", po::value(&c.loss_scale_window)->default_value(c.loss_scale_window), "--fp16: clean steps before the scale doubles")
       ("loss-scale-backoff", po::value(&c.loss_scale_backoff)->default_value(c.loss_scale_backoff), "--fp16: factor applied to the scale after an overflow")
-      ("inject-grad-overflow-at", po::value(&c.inject_grad_overflow_at)->default_value(0), "testing: make this iteration's gradients inf on data-parallel rank 0 (0: never)");
+      ("inject-grad-overflow-at", po::value(&c.inject_grad_overflow_at)->default_value(0), "testing: make this iteration's gradients inf on data-parallel rank 0 (0: never)")
+      ("spike-action", po::value(&c.spike_action)->default_value(c.spike_action), "what a loss or gradient-norm spike does: none, skip (the update), rollback (to the newest snapshot or checkpoint); non-finite values always skip the update")
+      ("spike-zscore", po::value(&c.spike.zscore)->default_value(c.spike.zscore), "a spike: this many standard deviations above the running mean")
+      ("spike-ema-beta", po::value(&c.spike.beta)->default_value(c.spike.beta), "decay of the running mean and variance (0.99: about the last 100 iterations)")
+      ("spike-warmup", po::value(&c.spike.warmup)->default_value(c.spike.warmup), "clean iterations before spikes are judged")
+      ("snapshot-interval", po::value(&c.snapshot_interval)->default_value(0), "keep a host copy of the training state every N iterations for --spike-action rollback (0: roll back to the newest checkpoint under --save)")
+      ("spike-skip-batches", po::value(&c.spike_skip_batches)->default_value(true), "after a rollback, skip the batches from the snapshot to the spike (true) or replay them (false)")
+      ("spike-lr-factor", po::value(&c.spike_lr_factor)->default_value(1.0), "multiply the learning rate by this for --spike-lr-iters iterations after a rollback")
+      ("spike-lr-iters", po::value(&c.spike_lr_iters)->default_value(0), "see --spike-lr-factor")
+      ("max-rollbacks", po::value(&c.max_rollbacks)->default_value(c.max_rollbacks), "more rollbacks than this within --rollback-window iterations stop the run (with a checkpoint, exit code 3)")
+      ("rollback-window", po::value(&c.rollback_window)->default_value(c.rollback_window), "see --max-rollbacks")
+      ("skip-train-iteration-range", po::value(&c.skip_iteration_ranges)->multitoken(), "iterations A-B (inclusive; several allowed) whose batches are consumed without training, as BLOOM did")
+      ("inject-loss-spike-at", po::value(&c.inject_loss_spike_at), "testing: comma-separated iterations whose loss (and gradients) are multiplied by --inject-loss-spike-factor")
+      ("inject-loss-spike-factor", po::value(&c.inject_loss_spike_factor)->default_value(c.inject_loss_spike_factor), "testing: see --inject-loss-spike-at")
+      ("inject-grad-nan-at", po::value(&c.inject_grad_nan_at)->default_value(0), "testing: put a NaN into one gradient element at this iteration")
+      ("inject-corrupt-batch-at", po::value(&c.inject_corrupt_batch_at)->default_value(0), "testing: replace this iteration's tokens by one repeated id");
   log.add_options()
       ("log-interval", po::value(&c.log_interval)->default_value(c.log_interval), "iterations between log lines")
       ("eval-interval", po::value(&c.eval_interval)->default_value(0), "iterations between evaluations (0: only at the end)")
@@ -79,9 +94,13 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
   ckpt.add_options()
       ("save", po::value(&c.save), "checkpoint directory to write")
       ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
+      ("load-hf", po::value(&c.load_hf), "start from the weights of a Hugging Face LLaMA directory (config.json + model.safetensors or sharded with model.safetensors.index.json), under any layout; iteration 0, fresh Adam state")
       ("report-memory", po::bool_switch(&c.report_memory), "after the first iteration and at the end, print every rank's bytes per memory category beside the ZeRO paper's prediction of its model states")
       ("override-opt_param-scheduler", po::bool_switch(&c.override_opt_param_scheduler), "on --load, use the flags' learning-rate schedule, AdamW settings, global batch and clipping instead of refusing when they differ from the checkpoint's")
       ("save-interval", po::value(&c.save_interval)->default_value(0), "iterations between checkpoints (0: only at the end)")
+      ("keep-last", po::value(&c.keep_last)->default_value(0), "keep only the N newest checkpoints under --save (0: keep all)")
+      ("async-save", po::bool_switch(&c.async_save), "copy the state to host memory and write it from a background thread while training goes on; the next save (and the end of training) waits for it")
+      ("inject-save-crash-at", po::value(&c.inject_save_crash_at)->default_value(0), "testing: world rank 0 exits after writing its shard of this iteration's checkpoint, before the commit (0: never)")
       ("exit-interval", po::value(&c.exit_interval)->default_value(0), "stop (after saving) once the iteration is a multiple of this")
       ("exit-duration-in-mins", po::value(&c.exit_duration_mins)->default_value(0.0), "stop (after evaluating and saving) once training has run this long");
   po::options_description all("llm-train: train a LLaMA-style model\n\nUsage: llm-train [options]  (or mpirun -n N llm-train ...)");
@@ -150,6 +169,10 @@ void validate(TrainConfig& c, int world) {
   need(c.log_interval > 0, "--log-interval must be positive");
   need(c.eval_interval >= 0 && c.eval_iters >= 0, "--eval-interval and --eval-iters must be non-negative");
   need(c.save_interval >= 0 && c.exit_interval >= 0, "--save-interval and --exit-interval must be non-negative");
+  need(c.load.empty() || c.load_hf.empty(),
+       "--load and --load-hf exclude each other: --load resumes a run (weights, optimizer, data position), "
+       "--load-hf starts a new one from Hugging Face weights");
+  need(c.keep_last >= 0, "--keep-last must be non-negative (0 keeps every checkpoint)");
   need(c.exit_duration_mins >= 0, "--exit-duration-in-mins must be non-negative");
   need(c.valid_fraction >= 0 && c.valid_fraction < 1, "--valid-fraction must be in [0, 1)");
   need(!c.data_path.empty(), "--data-path is required (a token file prefix from llm-prepare-data)");
@@ -219,7 +242,48 @@ void validate(TrainConfig& c, int world) {
   need(c.loss_scale_backoff > 0 && c.loss_scale_backoff < 1, "--loss-scale-backoff must lie in (0, 1)");
   need(c.recompute_granularity.empty() || c.recompute_granularity == "full" || c.recompute_granularity == "selective",
        "--recompute-granularity '" + c.recompute_granularity + "': expected full or selective");
+  need(c.spike_action == "none" || c.spike_action == "skip" || c.spike_action == "rollback",
+       "--spike-action '" + c.spike_action + "': expected none, skip or rollback");
+  need(c.spike_action != "rollback" || c.snapshot_interval > 0 || !c.save.empty(),
+       "--spike-action rollback needs somewhere to roll back to: --snapshot-interval N (in memory) or --save DIR "
+       "(the newest checkpoint)");
+  need(c.spike.zscore > 0 && c.spike.beta > 0 && c.spike.beta < 1 && c.spike.warmup >= 0,
+       "--spike-zscore must be positive, --spike-ema-beta in (0, 1), --spike-warmup non-negative");
+  need(c.snapshot_interval >= 0 && c.spike_lr_iters >= 0 && c.spike_lr_factor > 0,
+       "--snapshot-interval and --spike-lr-iters must be non-negative, --spike-lr-factor positive");
+  need(c.max_rollbacks >= 0 && c.rollback_window > 0, "--max-rollbacks must be non-negative, --rollback-window positive");
+  for (const auto& r : c.skip_iteration_ranges) {
+    const auto dash = r.find('-');
+    bool ok = dash != std::string::npos && dash > 0 && dash + 1 < r.size() &&
+              r.find_first_not_of("0123456789-") == std::string::npos && r.find('-', dash + 1) == std::string::npos;
+    ok = ok && std::stoll(r.substr(0, dash)) >= 1 && std::stoll(r.substr(0, dash)) <= std::stoll(r.substr(dash + 1));
+    need(ok, "--skip-train-iteration-range '" + r + "': expected A-B with 1 <= A <= B (e.g. 1200-1400)");
+  }
+  for (size_t at = 0; at < c.inject_loss_spike_at.size();) {
+    const size_t end = std::min(c.inject_loss_spike_at.find(',', at), c.inject_loss_spike_at.size());
+    const std::string item = c.inject_loss_spike_at.substr(at, end - at);
+    need(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos,
+         "--inject-loss-spike-at '" + c.inject_loss_spike_at + "': expected comma-separated iteration numbers");
+    at = end + 1;
+  }
+}
 
+bool TrainConfig::in_skip_range(int64_t it) const {
+  for (const auto& r : skip_iteration_ranges) {
+    const auto dash = r.find('-');
+    if (it >= std::stoll(r.substr(0, dash)) && it <= std::stoll(r.substr(dash + 1))) return true;
+  }
+  return false;
+}
+
+bool TrainConfig::loss_spike_injected_at(int64_t it) const {
+  std::string list(",");
+  list += inject_loss_spike_at;
+  list += ',';
+  std::string item(",");
+  item += std::to_string(it);
+  item += ',';
+  return list.find(item) != std::string::npos;
 }
 
 }  // namespace llm

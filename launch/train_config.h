@@ -10,6 +10,7 @@
 #include "layers/model_config.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "optim/spike_guard.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace llm {
@@ -44,6 +45,22 @@ struct TrainConfig {
   double initial_loss_scale = 65536.0, min_loss_scale = 1.0, loss_scale_backoff = 0.5;
   int64_t loss_scale_window = 1000;
   int64_t inject_grad_overflow_at = 0;  // testing: make this iteration's gradients overflow (0: never)
+  // Loss-spike guard (optim/spike_guard.h) and what a spike triggers.
+  std::string spike_action = "skip";  // none | skip | rollback
+  SpikeGuardConfig spike;
+  int64_t snapshot_interval = 0;       // in-memory snapshots for rollback (0: roll back to the newest checkpoint)
+  bool spike_skip_batches = true;      // after a rollback, skip the batches from the snapshot to the spike
+  double spike_lr_factor = 1.0;        // learning rate multiplier for spike_lr_iters iterations after a rollback
+  int64_t spike_lr_iters = 0;
+  int64_t max_rollbacks = 3, rollback_window = 1000;  // more rollbacks than this within the window: stop
+  std::vector<std::string> skip_iteration_ranges;     // "A-B": iterations whose batches are consumed untrained
+  // Fault injection, for tests only.
+  std::string inject_loss_spike_at;     // comma-separated iterations whose loss is multiplied
+  double inject_loss_spike_factor = 100.0;
+  int64_t inject_grad_nan_at = 0;       // a NaN put into one gradient element
+  int64_t inject_corrupt_batch_at = 0;  // the batch's tokens replaced by one repeated id
+  bool in_skip_range(int64_t iteration) const;
+  bool loss_spike_injected_at(int64_t iteration) const;
   std::string recompute_granularity;  // "", "full", "selective"
   // logging and evaluation
   int64_t log_interval = 10, eval_interval = 0, eval_iters = 10;
@@ -51,9 +68,13 @@ struct TrainConfig {
   double peak_tflops = 0.0;  // per process; 0: MFU not printed
   // checkpoints
   std::string save, load;
+  std::string load_hf;  // initial weights from a Hugging Face LLaMA directory (continued pretraining)
   bool report_memory = false;  // per-rank memory by category against the ZeRO formula
   bool override_opt_param_scheduler = false;  // on --load, the flags' schedule/optimizer settings win
   int64_t save_interval = 0, exit_interval = 0;
+  int64_t keep_last = 0;          // keep the N newest checkpoints (0: all)
+  bool async_save = false;        // write checkpoints from a background thread
+  int64_t inject_save_crash_at = 0;  // testing: world rank 0 dies mid-save at this iteration
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
 
   int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }

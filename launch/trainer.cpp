@@ -1,6 +1,7 @@
 #include "launch/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <ctime>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <xxhash.h>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_format.h"
 #include "core/ops.h"
 
 namespace llm {
@@ -83,6 +85,7 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
       dp_(grid.dp()),
       pp_(grid.pp()),
       metrics_(grid.world_rank() == 0 ? cfg.metrics_file : std::string()) {
+  guard_ = SpikeGuard(cfg_.spike);
   train_data_ = std::make_unique<data::TokenDataset>(cfg_.data_path);
   train_data_->check_vocab(cfg_.model.vocab_size);
   const bool separate_valid = !cfg_.valid_data_path.empty();
@@ -125,32 +128,16 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
   const bool in_place = ps.dtype() == DType::F32 && optimizer_->stage() < 3;
   Tensor initial = in_place ? ps.values() : Tensor::zeros({ps.padded_numel()}, DType::F32, MemoryCategory::Workspace);
   if (!cfg_.load.empty()) {
-    CheckpointOnDisk ck = open_checkpoint(cfg_.load);
-    if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
-      throw std::runtime_error("--load " + cfg_.load + ": the checkpoint's model " + nlohmann::json(ck.model).dump() +
-                               " differs from the one configured " + nlohmann::json(model_->config()).dump() +
-                               "; use the same model flags as the saved run");
-    load_parameters(ck, ps, initial);
-    {  // the whole state, of which the optimizer keeps its own slices
-      AdamW full(ps, cfg_.adam);
-      load_optimizer_state(ck, full);
-      optimizer_->load_state(full);
-    }
-    iteration_ = ck.state.iteration;
-    consumed_samples_ = ck.state.consumed_samples;
-    skipped_ = ck.state.skipped_iterations;
-    interval_loss_ = ck.state.extra.value("interval_loss_sum", 0.0);
-    interval_iters_ = ck.state.extra.value("interval_iters", int64_t{0});
-    interval_skipped_ = ck.state.extra.value("interval_skipped", int64_t{0});
-    if (cfg_.fp16) {
-      loss_scale_ = ck.state.extra.value("loss_scale", loss_scale_);
-      clean_steps_ = ck.state.extra.value("loss_scale_clean_steps", int64_t{0});
-    }
-    check_resume_settings(ck.state.scheduler, ck.manifest.at("optimizer"), ck.manifest.value("args", nlohmann::json()));
-    if (!ck.state.sampler.is_null()) sampler_->check_resume(ck.state.sampler.get<data::SamplerState>());
-    std::printf("loaded checkpoint %s at iteration %lld (%lld samples consumed)\n", ck.dir.c_str(),
-                static_cast<long long>(iteration_), static_cast<long long>(consumed_samples_));
-    metrics_.write({{"event", "checkpoint_loaded"}, {"iteration", iteration_}, {"path", ck.dir}});
+    load_checkpoint(cfg_.load, initial, true);
+  } else if (!cfg_.load_hf.empty()) {  // continued pretraining: the weights only, iteration 0
+    const auto load_start = std::chrono::steady_clock::now();
+    std::vector<std::string> warnings;
+    load_hf_parameters(cfg_.load_hf, model_->config(), ps, initial, &warnings);
+    if (grid.world_rank() == 0)
+      for (const auto& w : warnings) std::fprintf(stderr, "warning: --load-hf %s: %s\n", cfg_.load_hf.c_str(), w.c_str());
+    std::printf("initialised from the Hugging Face model in %s (%.2f s)\n", cfg_.load_hf.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+    metrics_.write({{"event", "hf_weights_loaded"}, {"path", cfg_.load_hf}});
   } else {
     ps.initialize_into(initial, cfg_.seed);
   }
@@ -195,6 +182,45 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
                 "rounded on store), fp32 master weights, Adam state and gradient reduction%s\n",
                 cfg_.bf16 ? "bf16" : "fp16", cfg_.fp16 ? ", dynamic loss scaling" : "");
   std::fflush(stdout);
+}
+
+// Reads a checkpoint's state: the fp32 values into `values` (laid out like
+// the store; the caller hands them to the optimizer), the moments into the
+// optimizer, and the trainer's counters. resume: also check the settings
+// against the flags (a rollback reloads this run's own checkpoint).
+void Trainer::load_checkpoint(const std::string& path, Tensor& values, bool resume) {
+  const auto load_start = std::chrono::steady_clock::now();
+  ParameterStore& ps = model_->params();
+  CheckpointOnDisk ck = open_checkpoint(path);
+  if (nlohmann::json(ck.model) != nlohmann::json(model_->config()))
+    throw std::runtime_error("--load " + path + ": the checkpoint's model " + nlohmann::json(ck.model).dump() +
+                             " differs from the one configured " + nlohmann::json(model_->config()).dump() +
+                             "; use the same model flags as the saved run");
+  load_parameters(ck, ps, values);
+  {  // the whole state, of which the optimizer keeps its own slices
+    AdamW full(ps, cfg_.adam);
+    load_optimizer_state(ck, full);
+    optimizer_->load_state(full);
+  }
+  iteration_ = ck.state.iteration;
+  consumed_samples_ = ck.state.consumed_samples;
+  skipped_ = ck.state.skipped_iterations;
+  interval_loss_ = ck.state.extra.value("interval_loss_sum", 0.0);
+  interval_iters_ = ck.state.extra.value("interval_iters", int64_t{0});
+  interval_skipped_ = ck.state.extra.value("interval_skipped", int64_t{0});
+  if (cfg_.fp16) {
+    loss_scale_ = ck.state.extra.value("loss_scale", loss_scale_);
+    clean_steps_ = ck.state.extra.value("loss_scale_clean_steps", int64_t{0});
+  }
+  guard_.set_state(ck.state.extra.value("spike_guard", nlohmann::json()));
+  if (resume) {
+    check_resume_settings(ck.state.scheduler, ck.manifest.at("optimizer"), ck.manifest.value("args", nlohmann::json()));
+    if (!ck.state.sampler.is_null()) sampler_->check_resume(ck.state.sampler.get<data::SamplerState>());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  std::printf("loaded checkpoint %s at iteration %lld (%lld samples consumed) in %.2f s\n", ck.dir.c_str(),
+              static_cast<long long>(iteration_), static_cast<long long>(consumed_samples_), secs);
+  metrics_.write({{"event", "checkpoint_loaded"}, {"iteration", iteration_}, {"path", ck.dir}, {"seconds", secs}});
 }
 
 // A resumed run must continue the same optimisation: the schedule, AdamW's
@@ -243,16 +269,19 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
   PipelineStep step;
   step.chunks = chunks;
   step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
+  step.dtype = cfg_.model_dtype();  // activations travel in the model's dtype
   step.forward = [&](int64_t m, int chunk, const Tensor& input) {
     // Micro-batch m of every rank together reads samples [m·micro·dp, (m+1)·micro·dp)
     // of the global batch, rank r the r-th micro-batch of them: the union over
     // ranks and micro-batches is exactly the global batch one process would read.
     sampler_->fill(consumed_samples_ + (m * dp + dp_.rank()) * micro, micro, batch_tokens_.data());
+    if (corrupt_batch_)  // --inject-corrupt-batch-at: one repeated token, a batch unlike any text
+      std::fill(batch_tokens_.begin(), batch_tokens_.end(), static_cast<int32_t>(cfg_.model.vocab_size - 1));
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
     model_->set_batch(ctx, batch_tokens_.data(), micro, S);
     ctx.chunk = chunk;
     ctx.input_hidden = input;
-    loss_sum += model_->forward(ctx);
+    loss_sum += model_->forward(ctx) * loss_multiplier_;
     return ctx.output_hidden;
   };
   step.backward = [&](int64_t m, int chunk, const Tensor& grad_output) {
@@ -261,7 +290,7 @@ double Trainer::run_pipelined_step(int64_t steps, double tokens_in_batch) {
     // (times the fp16 loss scale); summing the ranks' gradients then gives the
     // gradient of the global mean. The optimizer reduces each layer's
     // gradients as its backward finishes (stages 0-1: in the last micro-batch).
-    double dloss = loss_scale_ / tokens_in_batch;
+    double dloss = loss_scale_ * loss_multiplier_ / tokens_in_batch;
     if (inject_overflow_ && m == 0 && dp_.rank() == 0) dloss = INFINITY;  // --inject-grad-overflow-at
     optimizer_->set_last_microbatch(m + 1 == steps);
     model_->backward(ctx, dloss, grad_output.defined() ? &grad_output : nullptr);
@@ -326,10 +355,15 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   StepResult r;
   batch_tokens_.resize(static_cast<size_t>(micro * (S + 1)));
   inject_overflow_ = cfg_.inject_grad_overflow_at == iteration;
+  corrupt_batch_ = cfg_.inject_corrupt_batch_at == iteration;
+  loss_multiplier_ = cfg_.loss_spike_injected_at(iteration) ? cfg_.inject_loss_spike_factor : 1.0;
   // With one stage the schedule is simply forward then backward per micro-batch.
   const double loss_sum = run_pipelined_step(steps, tokens_in_batch);
-  inject_overflow_ = false;
+  inject_overflow_ = corrupt_batch_ = false;
+  loss_multiplier_ = 1.0;
   optimizer_->finish_gradient_reduction();
+  if (cfg_.inject_grad_nan_at == iteration && dp_.rank() == 0 && grid_.is_last_stage())
+    optimizer_->poison_gradient();  // --inject-grad-nan-at
   // With sequence parallelism each tp rank applies the norms to its own rows
   // only, so their weights' gradients are partial sums: add them up.
   if (cfg_.sequence_parallel)
@@ -343,10 +377,14 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   // The loss lives on the last stage; each parameter on exactly one stage.
   r.loss = all_reduce_sum(dp_, all_reduce_sum(pp_, loss_sum)) / tokens_in_batch;
   r.grad_norm = global_grad_norm_over_stages(tied_copy) / loss_scale_;
-  r.lr = cfg_.lr.at(iteration);
+  r.lr = cfg_.lr.at(iteration) * (iteration <= lr_reduced_until_ ? cfg_.spike_lr_factor : 1.0);
   r.loss_scale = loss_scale_;
   const bool overflow = !std::isfinite(r.grad_norm);
-  if (!std::isfinite(r.loss) || overflow) {
+  // Every rank holds the same loss and norm (all-reduced): the same verdict everywhere.
+  const SpikeGuard::Verdict v = cfg_.spike_action == "none" ? SpikeGuard::Verdict{} : guard_.observe(r.loss, r.grad_norm);
+  r.spike = v.spike && !v.non_finite;
+  r.spike_reason = v.reason;
+  if (!std::isfinite(r.loss) || overflow || r.spike) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
   } else {
     optimizer_->step(r.lr, clip_coefficient(r.grad_norm, cfg_.clip_grad) / loss_scale_);
@@ -388,6 +426,7 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count, int64_t batches
   PipelineStep step;
   step.chunks = chunks;
   step.activation_shape = {model_->activation_rows(micro * S), cfg_.model.hidden_size};
+  step.dtype = cfg_.model_dtype();  // activations travel in the model's dtype
   step.forward = [&](int64_t m, int chunk, const Tensor& input) {
     const int64_t n = std::max<int64_t>(0, std::min(micro, count - m * micro));  // windows that count
     for (int64_t i = 0; i < micro; ++i)  // padding rows repeat a counted window (ignored below)
@@ -524,28 +563,29 @@ void Trainer::save(int64_t iteration) {
   // Without ZeRO the data-parallel replicas hold the same state: rank 0 of
   // each dp group (one per pipeline stage) writes its stage's shard, and
   // world rank 0 prepares the directory and commits the merged manifest.
+  finish_pending_save(true);  // one save at a time
   Communicator& world = grid_.world();
-  const auto t0 = std::chrono::steady_clock::now();
+  auto ps = std::make_unique<PendingSave>();
+  PendingSave& p = *ps;
+  p.iteration = iteration;
+  p.start = std::chrono::steady_clock::now();
   if (grid_.world_rank() == 0) prepare_checkpoint_dir(cfg_.save, iteration);
   world.barrier();
   // The whole state of this stage on every dp rank (collectives over dp when
   // it is sharded): the fp32 master weights and Adam's moments; dp rank 0 writes.
-  const Tensor values = optimizer_->gather_master_values();
-  const std::unique_ptr<AdamW> state = optimizer_->gather_state();
-  if (grid_.tp_size() > 1) check_replicated_parameters_agree(values);
-  if (dp_.rank() == 0) {
-    std::vector<std::string> skip;
-    if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
-    if (grid_.tp_rank() != 0)  // parameters every tp rank holds whole are written by tp rank 0
-      for (const auto& p : model_->params().infos())
-        if (p.replicated) skip.push_back(p.name);
-    write_checkpoint_shard(cfg_.save, iteration, grid_.world_rank(), model_->params(), state.get(), skip, &values);
-  }
-  world.barrier();
-  if (grid_.world_rank() == 0) {
-    CheckpointContents c;
+  p.values = optimizer_->gather_master_values();
+  p.state = optimizer_->gather_state();
+  if (grid_.tp_size() > 1) check_replicated_parameters_agree(p.values);
+  const bool writer = dp_.rank() == 0;
+  std::vector<std::string> skip;
+  if (tied_across_stages() && grid_.is_last_stage()) skip.push_back("model.embed_tokens.weight");  // the first stage's
+  if (grid_.tp_rank() != 0)  // parameters every tp rank holds whole are written by tp rank 0
+    for (const auto& info : model_->params().infos())
+      if (info.replicated) skip.push_back(info.name);
+  if (grid_.world_rank() == 0) {  // what the manifest records, as of now
+    CheckpointContents& c = p.contents;
     c.model = model_.get();
-    c.optimizer = state.get();
+    c.optimizer = p.state.get();
     c.state.iteration = iteration;
     c.state.consumed_samples = consumed_samples_;
     c.state.skipped_iterations = skipped_;
@@ -558,19 +598,158 @@ void Trainer::save(int64_t iteration) {
       c.state.extra["loss_scale"] = loss_scale_;
       c.state.extra["loss_scale_clean_steps"] = clean_steps_;
     }
+    c.state.extra["spike_guard"] = guard_.state();
     c.layout = {{"tensor_parallel", grid_.tp_size()}, {"pipeline_parallel", grid_.pp_size()},
                 {"data_parallel", grid_.dp_size()}, {"zero_stage", cfg_.zero_stage}, {"dtype", "F32"},
                 {"compute_dtype", dtype_name(cfg_.model_dtype())}};
     c.args = args_json();
     c.tokenizer_model = cfg_.tokenizer_model;
-    const std::string dir = commit_checkpoint(cfg_.save, c);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("saved checkpoint at iteration %lld to %s (%.2f s)\n", static_cast<long long>(iteration), dir.c_str(),
-                secs);
+  }
+  auto write = [this, &p, skip, writer] {
+    if (writer)
+      write_checkpoint_shard(cfg_.save, p.iteration, grid_.world_rank(), model_->params(), p.state.get(), skip,
+                             &p.values);
+  };
+  if (!cfg_.async_save) {
+    write();
+    if (cfg_.inject_save_crash_at == iteration && grid_.world_rank() == 0) {
+      std::printf("--inject-save-crash-at %lld: exiting after writing this rank's shard, before the commit\n",
+                  static_cast<long long>(iteration));
+      std::fflush(stdout);
+      std::_Exit(86);
+    }
+    p.stall_seconds = -1.0;  // all of it
+    pending_save_ = std::move(ps);
+    finish_pending_save(true);
+    return;
+  }
+  // Asynchronous: snapshot what training will change (the gathered state is
+  // already a copy unless it is the model's own fp32 values), then write it
+  // from a thread; the commit happens once every rank has written.
+  if (writer && p.values.raw() == model_->params().values().raw())
+    p.values = p.values.clone(MemoryCategory::Communication);
+  p.stall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.start).count();
+  p.writer = std::thread([&p, write] {
+    try {
+      write();
+    } catch (const std::exception& e) {
+      p.error = e.what();
+    }
+    p.written = true;
+  });
+  pending_save_ = std::move(ps);
+  std::printf("checkpoint at iteration %lld: state copied in %.2f s, being written in the background\n",
+              static_cast<long long>(iteration), pending_save_->stall_seconds);
+  std::fflush(stdout);
+}
+
+// Commits the pending checkpoint once every rank has written its shard.
+// wait = false only looks (a one-integer all-reduce): training goes on if
+// some rank is still writing.
+void Trainer::finish_pending_save(bool wait) {
+  if (!pending_save_) return;
+  PendingSave& p = *pending_save_;
+  Communicator& world = grid_.world();
+  if (!wait && p.writer.joinable()) {
+    Tensor done = Tensor::empty({1}, DType::I32, MemoryCategory::Communication);
+    done.data<int32_t>()[0] = p.written ? 1 : 0;
+    world.all_reduce(done, ReduceOp::Min);
+    if (done.data<int32_t>()[0] == 0) return;
+  }
+  const auto wait_start = std::chrono::steady_clock::now();
+  if (p.writer.joinable()) p.writer.join();
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+  if (!p.error.empty()) throw std::runtime_error("--save " + cfg_.save + ": writing the checkpoint of iteration " +
+                                                 std::to_string(p.iteration) + " failed: " + p.error);
+  world.barrier();
+  if (grid_.world_rank() == 0) {
+    const std::string dir = commit_checkpoint(cfg_.save, p.contents);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.start).count();
+    // The training loop stood still for the snapshot and for any wait here.
+    const double stall = p.stall_seconds < 0 ? secs : p.stall_seconds + waited;
+    std::printf("saved checkpoint at iteration %lld to %s (%.2f s, training stalled %.2f s)\n",
+                static_cast<long long>(p.iteration), dir.c_str(), secs, stall);
+    nlohmann::json ev = {{"event", "checkpoint_saved"}, {"iteration", p.iteration}, {"path", dir},
+                         {"seconds", secs},         {"stall_seconds", stall},     {"async", cfg_.async_save}};
+    if (cfg_.keep_last > 0) {
+      const auto removed = remove_old_checkpoints(cfg_.save, cfg_.keep_last);
+      for (const auto& r : removed) std::printf("removed old checkpoint %s (--keep-last %lld)\n", r.c_str(),
+                                                static_cast<long long>(cfg_.keep_last));
+      ev["removed"] = removed;
+    }
     std::fflush(stdout);
-    metrics_.write({{"event", "checkpoint_saved"}, {"iteration", iteration}, {"path", dir}, {"seconds", secs}});
+    metrics_.write(ev);
   }
   world.barrier();
+  pending_save_.reset();
+}
+
+static volatile std::sig_atomic_t g_stop_signal = 0;
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// A host copy of everything an iteration changes, sharded like the model:
+// what the optimizer updates (and its moments) on each rank, plus the
+// counters, loss scale and spike statistics.
+void Trainer::take_snapshot() {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!snapshot_) snapshot_ = std::make_unique<MemorySnapshot>();
+  snapshot_->iteration = iteration_;
+  snapshot_->consumed_samples = consumed_samples_;
+  snapshot_->loss_scale = loss_scale_;
+  snapshot_->clean_steps = clean_steps_;
+  snapshot_->guard = guard_.state();
+  snapshot_->optimizer = optimizer_->snapshot();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  metrics_.write({{"event", "snapshot"}, {"iteration", iteration_}, {"seconds", secs},
+                  {"bytes", snapshot_->optimizer.bytes()}});
+}
+
+bool Trainer::roll_back(int64_t it, const StepResult& r) {
+  rollbacks_.push_back(it);
+  std::erase_if(rollbacks_, [&](int64_t x) { return x <= it - cfg_.rollback_window; });
+  if (static_cast<int64_t>(rollbacks_.size()) > cfg_.max_rollbacks) {
+    std::printf("stopping at iteration %lld: %zu spikes needing a rollback within %lld iterations (--max-rollbacks "
+                "%lld, --rollback-window %lld); the run is unstable: lower the learning rate, check the data around "
+                "these iterations or skip it with --skip-train-iteration-range\n",
+                static_cast<long long>(it), rollbacks_.size(), static_cast<long long>(cfg_.rollback_window),
+                static_cast<long long>(cfg_.max_rollbacks), static_cast<long long>(cfg_.rollback_window));
+    metrics_.write({{"event", "too_many_rollbacks"}, {"iteration", it}, {"rollbacks", rollbacks_}});
+    return false;
+  }
+  const int64_t consumed_after_spike = consumed_samples_;
+  std::string source;
+  if (snapshot_) {
+    optimizer_->restore(snapshot_->optimizer);
+    iteration_ = snapshot_->iteration;
+    consumed_samples_ = snapshot_->consumed_samples;
+    loss_scale_ = snapshot_->loss_scale;
+    clean_steps_ = snapshot_->clean_steps;
+    guard_.set_state(snapshot_->guard);
+    source = "the in-memory snapshot";
+  } else {  // the newest checkpoint of this run
+    finish_pending_save(true);
+    ParameterStore& ps = model_->params();
+    Tensor values = Tensor::zeros({ps.padded_numel()}, DType::F32, MemoryCategory::Workspace);
+    load_checkpoint(cfg_.save, values, false);
+    optimizer_->set_values(values);
+    source = "the newest checkpoint";
+  }
+  const int64_t to = iteration_;
+  if (cfg_.spike_skip_batches) {  // the batches from there to the spike are not seen again
+    consumed_samples_ = consumed_after_spike;
+    iteration_ = it;
+  }
+  if (cfg_.spike_lr_iters > 0) lr_reduced_until_ = iteration_ + cfg_.spike_lr_iters;
+  std::printf("iteration %lld: rolled back to %s (after iteration %lld)%s\n", static_cast<long long>(it),
+              source.c_str(), static_cast<long long>(to),
+              cfg_.spike_skip_batches ? (", the batches of iterations " + std::to_string(to + 1) + "-" +
+                                         std::to_string(it) + " skipped").c_str() : ", replaying the same batches");
+  std::fflush(stdout);
+  nlohmann::json ev = {{"event", "rollback"}, {"iteration", it}, {"to", to}, {"source", source},
+                       {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}, {"reason", r.spike_reason}};
+  if (cfg_.spike_skip_batches) ev["skipped_iterations"] = {to + 1, it};
+  metrics_.write(ev);
+  return true;
 }
 
 int Trainer::run() {
@@ -587,8 +766,22 @@ int Trainer::run() {
   }
   bool saved_last = false;
   int64_t timed_iters = 0;  // iterations since the last log line in this process (for ms/iteration)
+  // SIGTERM / SIGUSR1: finish the iteration, save, exit 0 (the ranks agree on when).
+  g_stop_signal = 0;
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
   while (iteration_ < cfg_.train_iters) {
     const int64_t it = iteration_ + 1;
+    if (cfg_.in_skip_range(it)) {  // --skip-train-iteration-range: the batch is consumed, nothing trained
+      consumed_samples_ += cfg_.global_batch_size;
+      iteration_ = it;
+      std::printf("iteration %lld: batch skipped (--skip-train-iteration-range)\n", static_cast<long long>(it));
+      metrics_.write({{"event", "data_skipped"}, {"iteration", it}, {"consumed_samples", consumed_samples_}});
+      continue;
+    }
+    if (cfg_.snapshot_interval > 0 && (it - 1) % cfg_.snapshot_interval == 0 &&
+        (!snapshot_ || snapshot_->iteration != it - 1))
+      take_snapshot();
     const StepResult r = train_step(it);
     iteration_ = it;
     ++timed_iters;
@@ -596,13 +789,33 @@ int Trainer::run() {
     if (r.skipped) {
       ++skipped_;
       ++interval_skipped_;
+    }
+    if (r.spike) {
+      std::printf("iteration %lld: loss spike: %s; update skipped\n", static_cast<long long>(it), r.spike_reason.c_str());
+      metrics_.write({{"event", "spike"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm},
+                      {"reason", r.spike_reason}, {"action", cfg_.spike_action}});
+      if (cfg_.spike_action == "rollback") {
+        if (!roll_back(it, r)) {
+          if (!cfg_.save.empty()) {
+            save(iteration_);
+            finish_pending_save(true);
+          } else {
+            std::printf("no checkpoint written: --save is not set\n");
+          }
+          std::fflush(stdout);
+          return 3;
+        }
+        continue;  // training goes on from the restored state
+      }
+    }
+    if (r.skipped && !r.spike) {
       std::printf("iteration %lld skipped: non-finite loss %g or grad norm %g%s\n", static_cast<long long>(it), r.loss,
                   r.grad_norm, cfg_.fp16 ? (" (fp16 loss scale " + std::to_string(r.loss_scale) + " → " +
                                              std::to_string(loss_scale_) + ")").c_str() : "");
       nlohmann::json ev = {{"event", "skipped_step"}, {"iteration", it}, {"lm_loss", r.loss}, {"grad_norm", r.grad_norm}};
       if (cfg_.fp16) ev["loss_scale"] = loss_scale_;
       metrics_.write(ev);
-    } else {
+    } else if (!r.skipped) {
       interval_loss_ += r.loss;
       ++interval_iters_;
     }
@@ -659,10 +872,12 @@ int Trainer::run() {
     const nlohmann::json before_extras = grid_.world_size() > 1 ? comm_report_json(grid_) : nlohmann::json();
     if (cfg_.eval_interval > 0 && it % cfg_.eval_interval == 0 && it != cfg_.train_iters) run_evaluation(it);
     const bool exiting = cfg_.exit_interval > 0 && it % cfg_.exit_interval == 0 && it != cfg_.train_iters;
+    finish_pending_save(false);  // commit a background save once every rank has written it
     if (!cfg_.save.empty() && ((cfg_.save_interval > 0 && it % cfg_.save_interval == 0) || exiting)) {
       save(it);
       saved_last = true;
     }
+    if (exiting) finish_pending_save(true);
     if (grid_.world_size() > 1)  // move the baseline past them: logged = now − (before − logged)
       comm_logged_ = comm_difference(comm_report_json(grid_), comm_difference(before_extras, comm_logged_));
     if (exiting) {
@@ -670,13 +885,26 @@ int Trainer::run() {
                   static_cast<long long>(cfg_.exit_interval));
       return 0;
     }
-    // The ranks' clocks differ a little: they stop when the slowest says so, together.
+    // The ranks' clocks differ a little, and a signal may reach them at
+    // different iterations: they stop when the slowest says so, together.
     double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-    if (cfg_.exit_duration_mins > 0 && grid_.world_size() > 1) {
-      Tensor t = Tensor::empty({1}, DType::F64, MemoryCategory::Communication);
+    double signal_seen = g_stop_signal;
+    if (grid_.world_size() > 1) {
+      Tensor t = Tensor::empty({2}, DType::F64, MemoryCategory::Communication);
       t.data<double>()[0] = minutes;
+      t.data<double>()[1] = signal_seen;
       grid_.world().all_reduce(t, ReduceOp::Max);
       minutes = t.data<double>()[0];
+      signal_seen = t.data<double>()[1];
+    }
+    if (signal_seen != 0 && it != cfg_.train_iters) {
+      std::printf("signal %d received: stopping after iteration %lld%s\n", static_cast<int>(signal_seen),
+                  static_cast<long long>(it), cfg_.save.empty() ? " (no --save: nothing is saved)" : ", saving");
+      std::fflush(stdout);
+      metrics_.write({{"event", "preempted"}, {"iteration", it}, {"signal", static_cast<int>(signal_seen)}});
+      if (!cfg_.save.empty() && !saved_last) save(it);
+      finish_pending_save(true);
+      return 0;
     }
     if (cfg_.exit_duration_mins > 0 && minutes >= cfg_.exit_duration_mins && it != cfg_.train_iters) {
       std::printf("stopping at iteration %lld of %lld: --exit-duration-in-mins %g reached\n", static_cast<long long>(it),
@@ -687,6 +915,7 @@ int Trainer::run() {
   }
   run_evaluation(iteration_);
   if (!cfg_.save.empty() && !saved_last) save(iteration_);
+  finish_pending_save(true);
   if (cfg_.report_memory) report_memory("at the end");
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),

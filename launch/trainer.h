@@ -2,15 +2,20 @@
 // (gradient accumulation) → clip → AdamW → log, evaluate, checkpoint.
 #pragma once
 #include <cstdio>
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "checkpoint/checkpoint.h"
 #include "launch/train_config.h"
 #include "layers/llama_model.h"
 #include "optim/adamw.h"
 #include "optim/distributed_optimizer.h"
+#include "optim/spike_guard.h"
 #include "parallel/communicator.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/process_grid.h"
@@ -50,12 +55,31 @@ class Trainer {
   struct StepResult {
     double loss = 0.0, grad_norm = 0.0, lr = 0.0, loss_scale = 1.0;
     bool skipped = false;
+    bool spike = false;        // a finite spike (the spike guard's verdict)
+    std::string spike_reason;
   };
   StepResult train_step(int64_t iteration);
   void run_evaluation(int64_t iteration);
   void report_memory(const char* when);
   void check_replicated_parameters_agree(const Tensor& values);
   void save(int64_t iteration);
+  // A checkpoint being written (by a thread with --async-save) and not yet committed.
+  struct PendingSave {
+    int64_t iteration = 0;
+    std::chrono::steady_clock::time_point start;
+    Tensor values;                 // gathered fp32 master weights (a snapshot)
+    std::unique_ptr<AdamW> state;  // gathered moments
+    CheckpointContents contents;   // world rank 0: the manifest's training state
+    double stall_seconds = 0.0;    // the copy (−1: a synchronous save, stalled throughout)
+    std::thread writer;
+    std::atomic<bool> written{false};
+    std::string error;
+    ~PendingSave() {
+      if (writer.joinable()) writer.join();
+    }
+  };
+  std::unique_ptr<PendingSave> pending_save_;
+  void finish_pending_save(bool wait);
   nlohmann::json args_json() const;
 
   // Sum of x over the ranks of a group (the same value on each afterwards).
@@ -73,6 +97,24 @@ class Trainer {
   int64_t clean_steps_ = 0;  // since the scale last changed
   void update_loss_scale(bool overflow);
   bool inject_overflow_ = false;  // this step's backward gets an infinite loss gradient
+  bool corrupt_batch_ = false;    // this step's tokens are replaced (fault injection)
+  double loss_multiplier_ = 1.0;  // this step's loss is multiplied (fault injection)
+  // Spikes: the guard, in-memory snapshots, rollbacks.
+  SpikeGuard guard_;
+  struct MemorySnapshot {
+    int64_t iteration = 0, consumed_samples = 0;
+    double loss_scale = 1.0;
+    int64_t clean_steps = 0;
+    nlohmann::json guard;
+    DistributedOptimizer::Snapshot optimizer;
+  };
+  std::unique_ptr<MemorySnapshot> snapshot_;
+  std::vector<int64_t> rollbacks_;  // iterations at which rollbacks happened
+  int64_t lr_reduced_until_ = 0;
+  void take_snapshot();
+  // Returns false when the run must stop (too many rollbacks).
+  bool roll_back(int64_t spike_iteration, const StepResult& r);
+  void load_checkpoint(const std::string& path, Tensor& values, bool resume);
   TrainConfig cfg_;
   ProcessGrid& grid_;
   Communicator& dp_;

@@ -1,6 +1,7 @@
 #include "optim/distributed_optimizer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "core/ops.h"
@@ -254,6 +255,10 @@ std::vector<double> DistributedOptimizer::grad_sums_of_squares() {
 
 void DistributedOptimizer::step(double lr, double grad_scale) {
   adam_->step(lr, grad_scale);
+  publish_values();
+}
+
+void DistributedOptimizer::publish_values() {
   if (master_.defined())  // the model computes with the rounded master weights
     for (const Piece& p : pieces_) value_of(p).convert_from(master_.flat_view(p.shard, {p.numel}));
   if (stage_ == 1 || stage_ == 2) {  // everyone's updated slices to everyone, in place
@@ -264,6 +269,39 @@ void DistributedOptimizer::step(double lr, double grad_scale) {
     }
     for (auto& h : handles) h->wait();
   }
+}
+
+void DistributedOptimizer::poison_gradient() {
+  if (pieces_.empty()) return;
+  Tensor one = Tensor::empty({1}, DType::F32, MemoryCategory::Other);
+  one.data<float>()[0] = NAN;
+  grad_of(pieces_.front()).flat_view(0, {1}).convert_from(one);
+}
+
+DistributedOptimizer::Snapshot DistributedOptimizer::snapshot() const {
+  Snapshot s;
+  s.params = Tensor::empty({owned_}, master_dtype_, MemoryCategory::Other, store_.device());
+  int64_t at = 0;
+  for (const AdamWSegment& seg : adam_->segments()) {
+    s.params.flat_view(at, {seg.param.numel()}).convert_from(seg.param);
+    at += seg.param.numel();
+  }
+  s.exp_avg = adam_->exp_avg().clone(MemoryCategory::Other);
+  s.exp_avg_sq = adam_->exp_avg_sq().clone(MemoryCategory::Other);
+  s.steps = adam_->steps_taken();
+  return s;
+}
+
+void DistributedOptimizer::restore(const Snapshot& s) {
+  int64_t at = 0;
+  for (const AdamWSegment& seg : adam_->segments()) {
+    Tensor(seg.param).convert_from(s.params.flat_view(at, {seg.param.numel()}));
+    at += seg.param.numel();
+  }
+  adam_->exp_avg().copy_from(s.exp_avg);
+  adam_->exp_avg_sq().copy_from(s.exp_avg_sq);
+  adam_->set_steps_taken(s.steps);
+  publish_values();
 }
 
 Tensor DistributedOptimizer::gather_master_values() {

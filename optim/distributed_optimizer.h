@@ -80,6 +80,19 @@ class DistributedOptimizer : public ParameterHooks {
   // AdamW on the own slices, then the model's values brought up to date.
   void step(double lr, double grad_scale);
 
+  // A host copy of what this rank updates (master weights or its values,
+  // and the moments): the in-memory snapshot spike rollback returns to.
+  // restore() is a collective over dp for stages 1-2 (values re-gathered).
+  struct Snapshot {
+    Tensor params, exp_avg, exp_avg_sq;
+    int64_t steps = 0;
+    size_t bytes() const { return params.nbytes() + exp_avg.nbytes() + exp_avg_sq.nbytes(); }
+  };
+  Snapshot snapshot() const;
+  // Fault injection (tests): a NaN in the first gradient element this rank owns.
+  void poison_gradient();
+  void restore(const Snapshot& s);
+
   // Checkpoints (collectives over dp): the full master weights laid out like
   // the store (the store's own values when those are them), and the full
   // moments as an AdamW laid out like the store.
@@ -113,6 +126,7 @@ class DistributedOptimizer : public ParameterHooks {
   Tensor grad_of(const Piece& p) const;   // the summed gradient this rank owns
   Tensor value_of(const Piece& p) const;  // the model's (possibly 16-bit) value
   void start_gather(size_t b);
+  void publish_values();  // master → model values (rounded); stages 1-2: slices all-gathered
   void launch_reduction(size_t b);
   void complete_reduction(size_t b);
   void poll();

@@ -56,7 +56,7 @@ inline double reported_bytes(const std::string& out, const std::string& category
 }
 
 class TinyModelRuns : public ::testing::Test {
- protected:
+ public:  // the launch tests build their own command lines from these
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     const auto r = prepare_test_corpus(*dir_);
