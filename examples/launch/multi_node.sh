@@ -35,6 +35,12 @@
 #   TP=2 examples/launch/multi_node.sh hosts examples/models/llama-7b.cfg \
 #       --data-path /shared/data/corpus --tokenizer-model /shared/data/tok.model \
 #       --save /shared/ck/llama-7b --save-interval 1000
+# Stopping a run cleanly: send SIGUSR1 to this script's process (it execs
+# mpirun, which forwards SIGUSR1 to every rank and waits for them): the ranks
+# finish the iteration, agree on it, save (with --save) and exit 0. Do not use
+# SIGTERM on mpirun: OpenMPI 4.1 forwards it but kills the ranks about a
+# second later, before a save can finish (SIGTERM sent to the ranks
+# themselves is fine).
 set -euo pipefail
 
 prog=$(basename "$0")

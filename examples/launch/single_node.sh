@@ -24,6 +24,12 @@
 #       --data-path runs/data/fortunes --tokenizer-model runs/data/fortunes.model
 # Example (2 pipeline stages):
 #   PP=2 examples/launch/single_node.sh 2 examples/models/toy-cpu.cfg --data-path ... --tokenizer-model ...
+# Stopping a run cleanly: send SIGUSR1 to this script's process (it execs
+# mpirun, which forwards SIGUSR1 to every rank and waits for them): the ranks
+# finish the iteration, agree on it, save (with --save) and exit 0. Do not use
+# SIGTERM on mpirun: OpenMPI 4.1 forwards it but kills the ranks about a
+# second later, before a save can finish (SIGTERM sent to the ranks
+# themselves is fine).
 set -euo pipefail
 
 prog=$(basename "$0")
