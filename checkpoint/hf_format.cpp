@@ -16,7 +16,9 @@
 #include <stdexcept>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/json_checks.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/safetensors_header.h"
 #include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -91,21 +93,38 @@ ModelConfig read_hf_config(const std::string& dir) {
   const std::string path = (fs::path(dir) / "config.json").string();
   std::ifstream in(path);
   if (!in) throw std::runtime_error("'" + path + "' is missing: not a Hugging Face model directory");
+  std::stringstream text;
+  text << in.rdbuf();
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = json_checks::parse(text.str());
   } catch (const std::exception& e) {
     throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
   }
+  if (!j.is_object()) throw std::runtime_error("'" + path + "' is " + json_checks::brief(j) + ", not a JSON object");
+  // A size: a positive JSON integer (a float, or an integer past int64, would
+  // make nlohmann's conversion undefined; zero heads would divide by zero below).
+  auto size_field = [&](const char* key, int64_t fallback, bool required) -> int64_t {
+    const auto it = j.find(key);
+    if (it == j.end()) {
+      if (required) throw std::runtime_error(std::string("\"") + key + "\" is missing");
+      return fallback;
+    }
+    const auto v = json_checks::as_int64(*it);
+    if (!v || *v <= 0)
+      throw std::runtime_error(std::string("\"") + key + "\" is " + json_checks::brief(*it) +
+                               ", not a positive integer");
+    return *v;
+  };
   try {
     ModelConfig c;
-    c.vocab_size = j.at("vocab_size");
-    c.hidden_size = j.at("hidden_size");
-    c.ffn_hidden_size = j.at("intermediate_size");
-    c.num_layers = j.at("num_hidden_layers");
-    c.num_attention_heads = j.at("num_attention_heads");
-    c.num_query_groups = j.value("num_key_value_heads", c.num_attention_heads);
-    c.seq_length = j.value("max_position_embeddings", int64_t{2048});
+    c.vocab_size = size_field("vocab_size", 0, true);
+    c.hidden_size = size_field("hidden_size", 0, true);
+    c.ffn_hidden_size = size_field("intermediate_size", 0, true);
+    c.num_layers = size_field("num_hidden_layers", 0, true);
+    c.num_attention_heads = size_field("num_attention_heads", 0, true);
+    c.num_query_groups = size_field("num_key_value_heads", c.num_attention_heads, false);
+    c.seq_length = size_field("max_position_embeddings", 2048, false);
     c.norm_eps = j.value("rms_norm_eps", 1e-6);
     c.rope_theta = j.value("rope_theta", 10000.0);
     c.tie_embeddings = j.value("tie_word_embeddings", false);
@@ -117,7 +136,7 @@ ModelConfig read_hf_config(const std::string& dir) {
       throw std::runtime_error("rope_scaling is not supported");
     if (j.value("hidden_act", std::string("silu")) != "silu")
       throw std::runtime_error("hidden_act must be silu");
-    if (j.contains("head_dim") && j["head_dim"].get<int64_t>() != c.hidden_size / c.num_attention_heads)
+    if (j.contains("head_dim") && size_field("head_dim", 0, true) != c.hidden_size / c.num_attention_heads)
       throw std::runtime_error("head_dim other than hidden_size / num_attention_heads is not supported");
     return c;
   } catch (const nlohmann::json::exception& e) {
@@ -131,88 +150,50 @@ namespace {
 
 // ---- reading Hugging Face safetensors checkpoints (--load-hf) ----
 
-// A tensor of a safetensors file, from its header. Parsed here rather than by
-// SafetensorsReader: HF files may hold tensors of dtypes we never read (I64,
-// U8, F8_E4M3, ...), which must not make the whole file unreadable, and
-// partial reads need the absolute byte offsets.
+// A tensor of an HF safetensors file, from its header. HF files may hold
+// tensors of dtypes we never read (I64, U8, BOOL, F8_E4M3, ...), which must
+// not make the whole file unreadable: the header is parsed with
+// allow_unknown_dtypes, and only the tensors a model needs must be readable
+// (check_hf_tensor). Partial reads need the absolute byte offsets.
 struct HfTensor {
   std::string file;
-  std::string dtype;  // safetensors' name: "F32", "BF16", ...
-  Shape shape;
+  SafetensorsEntry entry;       // begin/end: within the data section
   uint64_t begin = 0, end = 0;  // absolute byte range in the file
 };
 
-// Bytes per element of safetensors' dtypes; 0 when unknown.
-size_t safetensors_dtype_size(const std::string& d) {
-  static const std::map<std::string, size_t> sizes = {
-      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4},      {"I16", 2},     {"I8", 1},
-      {"U64", 8}, {"U32", 4}, {"U16", 2}, {"U8", 1},   {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
-  const auto it = sizes.find(d);
-  return it == sizes.end() ? 0 : it->second;
+bool readable_dtype(const SafetensorsEntry& e) {
+  return e.known_dtype &&
+         (e.dtype == DType::F32 || e.dtype == DType::F64 || e.dtype == DType::BF16 || e.dtype == DType::F16);
 }
 
-bool readable_dtype(const std::string& d) { return d == "F32" || d == "F64" || d == "BF16" || d == "F16"; }
-
-// The tensors of one safetensors file, every byte range checked against the
-// file's size (a truncated file fails here, naming the tensor).
+// The tensors of one safetensors file, checked by parse_safetensors_header
+// (every byte range inside the file, no overlaps, byte counts matching dtype
+// × shape wherever the dtype's size is known); errors name the file and the tensor.
 std::map<std::string, HfTensor> read_safetensors_header(const std::string& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error("cannot open '" + path + "': file missing or unreadable");
-  const uint64_t size = static_cast<uint64_t>(in.tellg());
-  auto bad = [&](const std::string& why) {
-    return std::runtime_error("'" + path + "' is not a valid safetensors file: " + why);
-  };
-  if (size < 8) throw bad("it has " + std::to_string(size) + " bytes, fewer than the 8-byte header length (truncated?)");
+  const std::streamoff end = in.tellg();
+  if (end < 0) throw std::runtime_error("cannot read '" + path + "': its size is unknown");
+  const uint64_t file_size = static_cast<uint64_t>(end);
+  uint8_t len_le[8] = {};
   in.seekg(0);
-  unsigned char len_le[8];
-  in.read(reinterpret_cast<char*>(len_le), 8);
-  uint64_t hlen = 0;
-  for (int i = 0; i < 8; ++i) hlen |= static_cast<uint64_t>(len_le[i]) << (8 * i);
-  if (hlen > size - 8)
-    throw bad("the header length " + std::to_string(hlen) + " exceeds the file of " + std::to_string(size) +
-              " bytes (truncated?)");
-  if (hlen > (100u << 20)) throw bad("the header length " + std::to_string(hlen) + " exceeds 100 MiB");
-  std::string h(hlen, '\0');
-  in.read(h.data(), static_cast<std::streamsize>(hlen));
-  if (!in) throw bad("cannot read its header");
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(h);
-  } catch (const std::exception& e) {
-    throw bad(std::string("the header is not JSON (") + e.what() + ")");
-  }
-  if (!header.is_object()) throw bad("the header is not a JSON object");
-  const uint64_t data_start = 8 + hlen, data_size = size - data_start;
+  if (file_size >= 8) in.read(reinterpret_cast<char*>(len_le), 8);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  const uint64_t hlen = safetensors_header_length(len_le, file_size, path);  // at most kMaxSafetensorsHeaderBytes
+  std::vector<uint8_t> head(static_cast<size_t>(8 + hlen));
+  std::memcpy(head.data(), len_le, 8);
+  in.read(reinterpret_cast<char*>(head.data() + 8), static_cast<std::streamsize>(hlen));
+  if (!in) throw std::runtime_error("'" + path + "': short read of the safetensors header (file changed while read?)");
+  SafetensorsParseOptions options;
+  options.allow_unknown_dtypes = true;
+  SafetensorsHeader h = parse_safetensors_header(head.data(), head.size(), file_size, path, options);
   std::map<std::string, HfTensor> out;
-  for (const auto& [name, v] : header.items()) {
-    if (name == "__metadata__") continue;
+  for (auto& [name, e] : h.entries) {
     HfTensor t;
     t.file = path;
-    try {
-      t.dtype = v.at("dtype").get<std::string>();
-      t.shape = v.at("shape").get<Shape>();
-      const auto& offs = v.at("data_offsets");
-      if (!offs.is_array() || offs.size() != 2) throw bad("tensor '" + name + "': data_offsets is not [begin, end]");
-      t.begin = offs.at(0).get<uint64_t>();
-      t.end = offs.at(1).get<uint64_t>();
-    } catch (const nlohmann::json::exception& e) {
-      throw bad("tensor '" + name + "': " + e.what());
-    }
-    uint64_t numel = 1;
-    for (const int64_t d : t.shape) {
-      if (d < 0 || (d > 0 && numel > (uint64_t{1} << 62) / static_cast<uint64_t>(d)))
-        throw bad("tensor '" + name + "' has an invalid shape " + shape_str(t.shape));
-      numel *= static_cast<uint64_t>(d);
-    }
-    if (t.begin > t.end || t.end > data_size)
-      throw bad("tensor '" + name + "' byte range [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                ") lies outside the data section of " + std::to_string(data_size) + " bytes (truncated file?)");
-    const size_t esize = safetensors_dtype_size(t.dtype);
-    if (esize && numel * esize != t.end - t.begin)
-      throw bad("tensor '" + name + "' has " + std::to_string(t.end - t.begin) + " bytes, but " + t.dtype +
-                shape_str(t.shape) + " needs " + std::to_string(numel * esize));
-    t.begin += data_start;
-    t.end += data_start;
+    t.begin = h.data_start + e.begin;  // <= file_size: the parser checked e.end against the data section
+    t.end = h.data_start + e.end;
+    t.entry = std::move(e);
     out.emplace(name, std::move(t));
   }
   return out;
@@ -240,9 +221,11 @@ HfWeights open_hf_weights(const std::string& dir) {
   w.source = index.string();
   std::ifstream in(index);
   if (!in) throw std::runtime_error("cannot open '" + w.source + "': unreadable");
+  std::stringstream text;
+  text << in.rdbuf();
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = json_checks::parse(text.str());
   } catch (const std::exception& e) {
     throw std::runtime_error("'" + w.source + "' is not valid JSON: " + e.what());
   }
@@ -317,11 +300,11 @@ void check_hf_config(const std::string& dir, const ModelConfig& expected) {
 }
 
 void check_hf_tensor(const HfTensor& t, const std::string& name, const Shape& full_shape, const char* what) {
-  if (t.shape != full_shape)
-    throw std::runtime_error("'" + t.file + "': tensor '" + name + "' has shape " + shape_str(t.shape) + ", but " +
-                             what + " " + shape_str(full_shape));
-  if (!readable_dtype(t.dtype))
-    throw std::runtime_error("'" + t.file + "': tensor '" + name + "' has dtype " + t.dtype +
+  if (t.entry.shape != full_shape)
+    throw std::runtime_error("'" + t.file + "': tensor '" + name + "' has shape " + shape_str(t.entry.shape) +
+                             ", but " + what + " " + shape_str(full_shape));
+  if (!readable_dtype(t.entry))
+    throw std::runtime_error("'" + t.file + "': tensor '" + name + "' has dtype " + t.entry.dtype_str +
                              ", which is not supported (F32, BF16, F16 or F64 only)");
 }
 
@@ -408,7 +391,8 @@ class BoxReader {
  public:
   void read(const HfTensor& t, const std::string& name, const std::vector<Segment>& segments, Tensor& flat) {
     constexpr int64_t kSpanBytes = 16 << 20, kGapBytes = 4096;
-    const DType dtype = dtype_from_name(t.dtype);
+    if (!readable_dtype(t.entry)) throw std::logic_error("BoxReader: '" + name + "' was not checked");
+    const DType dtype = t.entry.dtype;
     const int64_t esize = static_cast<int64_t>(dtype_size(dtype)), max_elems = kSpanBytes / esize;
     std::vector<Segment> pieces;  // no piece longer than one span
     for (const Segment& s : segments)
@@ -470,7 +454,7 @@ void load_hf_parameters(const std::string& dir, const ModelConfig& expected, con
     if (known.count(name) ||
         (name.size() >= kInvFreq.size() && name.compare(name.size() - kInvFreq.size(), kInvFreq.size(), kInvFreq) == 0))
       continue;
-    const std::string msg = "'" + t.file + "' holds tensor '" + name + "' " + t.dtype + shape_str(t.shape) +
+    const std::string msg = "'" + t.file + "' holds tensor '" + name + "' " + t.entry.dtype_str + shape_str(t.entry.shape) +
                             ", which a LlamaForCausalLM of this config does not have: ignored";
     if (warnings) warnings->push_back(msg);
     else std::fprintf(stderr, "warning: %s\n", msg.c_str());

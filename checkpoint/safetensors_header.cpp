@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -28,19 +29,42 @@ uint64_t safetensors_header_length(const uint8_t* first8, uint64_t file_size, co
   return hlen;
 }
 
+size_t safetensors_dtype_size(const std::string& d) {
+  static const std::pair<const char*, size_t> kSizes[] = {
+      {"F64", 8},     {"I64", 8},     {"U64", 8},     {"F32", 4},      {"I32", 4},     {"U32", 4},
+      {"F16", 2},     {"BF16", 2},    {"I16", 2},     {"U16", 2},      {"I8", 1},      {"U8", 1},
+      {"BOOL", 1},    {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1}};
+  for (const auto& [n, bytes] : kSizes)
+    if (d == n) return bytes;
+  return 0;
+}
+
+// A name safetensors could give a dtype: upper-case letters, digits and '_'.
+static bool looks_like_dtype_name(const std::string& s) {
+  if (s.empty() || s.size() > 32) return false;
+  for (const char c : s)
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  return true;
+}
+
 // One tensor's entry; `why` errors name the tensor.
 static SafetensorsEntry parse_entry(const std::string& tname, const nlohmann::json& v, uint64_t data_size,
-                                    const std::string& name) {
+                                    const std::string& name, const SafetensorsParseOptions& options) {
   auto bad = [&](const std::string& why) { return not_safetensors(name, "tensor '" + tname + "' " + why); };
   if (!v.is_object()) throw bad("is " + jc::brief(v) + ", not an object {dtype, shape, data_offsets}");
   SafetensorsEntry e;
   const auto dt = v.find("dtype");
   if (dt == v.end() || !dt->is_string()) throw bad("has no dtype string");
+  e.dtype_str = dt->get<std::string>();
   try {
-    e.dtype = dtype_from_name(dt->get<std::string>());
+    e.dtype = dtype_from_name(e.dtype_str);
   } catch (const std::runtime_error& ex) {
-    throw bad(std::string("has an unsupported dtype: ") + ex.what());
+    if (!options.allow_unknown_dtypes) throw bad(std::string("has an unsupported dtype: ") + ex.what());
+    if (!looks_like_dtype_name(e.dtype_str)) throw bad("has dtype " + jc::brief(*dt) + ", not a safetensors dtype name");
+    e.known_dtype = false;
   }
+  // Bytes per element; 0: unknown, so the byte count cannot be checked against the shape.
+  const uint64_t esize = e.known_dtype ? dtype_size(e.dtype) : safetensors_dtype_size(e.dtype_str);
   const auto sh = v.find("shape");
   if (sh == v.end()) throw bad("has no shape");
   const auto dims = jc::as_dims(*sh);
@@ -48,7 +72,7 @@ static SafetensorsEntry parse_entry(const std::string& tname, const nlohmann::js
   e.shape = *dims;
   const auto numel = jc::checked_numel(e.shape);
   uint64_t bytes = 0;
-  if (!numel || __builtin_mul_overflow(static_cast<uint64_t>(*numel), dtype_size(e.dtype), &bytes))
+  if (!numel || __builtin_mul_overflow(static_cast<uint64_t>(*numel), esize, &bytes))
     throw bad("has shape " + jc::dims_str(e.shape) + ", too many elements to address");
   const auto off = v.find("data_offsets");
   if (off == v.end() || !off->is_array() || off->size() != 2)
@@ -62,14 +86,17 @@ static SafetensorsEntry parse_entry(const std::string& tname, const nlohmann::js
   if (e.end > data_size)
     throw bad("byte range [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
               ") lies outside the data section of " + std::to_string(data_size) + " bytes (truncated file?)");
-  if (e.end - e.begin != bytes)
+  if (esize && e.end - e.begin != bytes)
     throw bad("has " + std::to_string(e.end - e.begin) + " bytes but shape " + jc::dims_str(e.shape) + " of " +
-              dtype_name(e.dtype) + " needs " + std::to_string(bytes));
+              e.dtype_str + " needs " + std::to_string(bytes));
+  if (!esize && (*numel == 0) != (e.end == e.begin))  // whatever the element size, none take no bytes
+    throw bad("has " + std::to_string(e.end - e.begin) + " bytes for shape " + jc::dims_str(e.shape) + " of " +
+              e.dtype_str);
   return e;
 }
 
 SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uint64_t file_size,
-                                           const std::string& name) {
+                                           const std::string& name, const SafetensorsParseOptions& options) {
   if (size > file_size) throw std::logic_error("parse_safetensors_header: more bytes than the file has");
   if (size < 8) throw not_safetensors(name, "shorter than its 8-byte header length (truncated?)");
   const uint64_t hlen = safetensors_header_length(data, file_size, name);
@@ -92,7 +119,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uin
           if (val.is_string()) h.metadata[k] = val.get<std::string>();
         continue;
       }
-      h.entries[tname] = parse_entry(tname, v, h.data_size, name);
+      h.entries[tname] = parse_entry(tname, v, h.data_size, name, options);
     }
   } catch (const nlohmann::json::exception& e) {  // not expected: every access above is checked
     throw not_safetensors(name, e.what());

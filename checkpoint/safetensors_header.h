@@ -18,8 +18,13 @@
 namespace llm {
 
 struct SafetensorsEntry {
-  DType dtype = DType::F32;
-  std::vector<int64_t> shape;   // every dimension >= 0 (core/tensor.h Shape)
+  // The header's dtype name: "F32", "BF16", ..., or, where unknown dtypes are
+  // allowed (SafetensorsParseOptions), any safetensors name ("I64", "U8", "F8_E4M3", ...).
+  std::string dtype_str;
+  // Whether dtype_str is one of core/dtype.h's; always, unless allow_unknown_dtypes.
+  bool known_dtype = true;
+  DType dtype = DType::F32;     // meaningful only when known_dtype
+  std::vector<int64_t> shape;   // every dimension >= 0 (core/tensor.h Shape), element count <= 2^63 - 1
   uint64_t begin = 0, end = 0;  // byte range within the data section
 };
 
@@ -29,6 +34,24 @@ struct SafetensorsHeader {
   std::map<std::string, SafetensorsEntry> entries;
   std::map<std::string, std::string> metadata;  // "__metadata__"'s string values
 };
+
+struct SafetensorsParseOptions {
+  // Keep tensors whose dtype core/dtype.h does not know (Hugging Face files
+  // hold I64, U8, BOOL, F8_E4M3, ... buffers beside the weights) instead of
+  // refusing the file: they get known_dtype = false and their dtype_str. Their
+  // byte range is checked like any other (inside the data section, no
+  // overlap), their shape for non-negative integers, and their byte count
+  // against the shape wherever safetensors_dtype_size() knows the element
+  // size. The name itself must look like a safetensors dtype ([A-Z0-9_], at
+  // most 32 characters).
+  bool allow_unknown_dtypes = false;
+};
+
+// Bytes per element of a safetensors dtype name: core/dtype.h's dtypes and the
+// other fixed-width ones of the format (F64, I64, U64, I32, U32, I16, U16, I8,
+// U8, BOOL, F8_E4M3, F8_E5M2, F8_E8M0); 0 for names it does not know, e.g.
+// packed sub-byte dtypes (F4, F6_E2M3, ...).
+size_t safetensors_dtype_size(const std::string& dtype_name);
 
 // Headers longer than this are refused (a corrupted length would otherwise
 // make a reader allocate whatever it says).
@@ -41,18 +64,22 @@ uint64_t safetensors_header_length(const uint8_t* first8, uint64_t file_size, co
 // Parses and checks the header of a file of `file_size` bytes whose first
 // `size` bytes are at `data` (at least 8 + the header length; the data
 // section itself need not be there). Checked: the header length against the
-// file, JSON syntax, a JSON object, each tensor's dtype known, its shape
-// non-negative integers whose element count and byte size do not overflow,
-// its data_offsets two integers begin <= end inside the data section with
-// end - begin = elements × dtype size, and no two tensors' bytes overlapping.
-// Throws std::runtime_error naming the file (and the tensor); never anything else
-// for any input.
+// file, JSON syntax, a JSON object, each tensor's dtype known (unless
+// options.allow_unknown_dtypes), its shape non-negative integers whose element
+// count and byte size do not overflow, its data_offsets two integers
+// begin <= end inside the data section with end - begin = elements × dtype
+// size (where the element size is known), and no two tensors' bytes
+// overlapping. Throws std::runtime_error naming the file (and the tensor);
+// never anything else for any input (std::logic_error only when the caller
+// passes fewer bytes than the header length says).
 SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uint64_t file_size,
-                                           const std::string& name_for_errors);
+                                           const std::string& name_for_errors,
+                                           const SafetensorsParseOptions& options = {});
 // A whole file held in memory.
 inline SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size,
-                                                  const std::string& name_for_errors) {
-  return parse_safetensors_header(data, size, size, name_for_errors);
+                                                  const std::string& name_for_errors,
+                                                  const SafetensorsParseOptions& options = {}) {
+  return parse_safetensors_header(data, size, size, name_for_errors, options);
 }
 
 }  // namespace llm

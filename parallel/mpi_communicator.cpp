@@ -1,5 +1,6 @@
 // MPI backend of the Communicator: argument checks with messages that name the
-// operation and the group, MPI nonblocking calls, and ring-formula byte counts.
+// operation and the group, MPI nonblocking calls waited on under the hang
+// watchdog, and ring-formula byte counts.
 #include "parallel/mpi_communicator.h"
 
 #include <cstdio>
@@ -19,15 +20,24 @@ void check_mpi(int rc, const std::string& what) {
   throw std::runtime_error(what + ": MPI error: " + std::string(msg, len));
 }
 
+// What a handle waits on, described only if the watchdog reports a hang.
+struct Pending {
+  const MpiCommunicator* comm = nullptr;
+  const char* op = "";
+  size_t bytes = 0;
+  int peer = -1, tag = -1;
+  std::string str() const { return comm->describe(op, bytes, peer, tag); }
+};
+
 // A request plus what must outlive it: the tensors (their storage stays alive
 // until completion) and an optional step run once it completed (may throw).
 class MpiHandle : public CommHandle {
  public:
   using Then = std::function<void(const MPI_Status&)>;
-  MpiHandle(MPI_Request req, std::vector<Tensor> keep, Then then = {})
-      : req_(req), keep_(std::move(keep)), then_(std::move(then)) {}
+  MpiHandle(MPI_Request req, std::vector<Tensor> keep, std::string what, Pending pending, Then then = {})
+      : what_(std::move(what)), req_(req), keep_(std::move(keep)), pending_(pending), then_(std::move(then)) {}
   ~MpiHandle() override {
-    if (!keep_.empty()) {  // dropped unfinished: MPI still owns the buffers
+    if (!complete_) {  // dropped unfinished: MPI still owns the buffers
       try {
         wait();
       } catch (const std::exception& e) {  // cannot throw from here: end the job
@@ -37,13 +47,24 @@ class MpiHandle : public CommHandle {
     }
   }
   void wait() override {
-    if (keep_.empty()) return;
+    if (complete_) return;
     MPI_Status status;
-    const int rc = MPI_Wait(&req_, &status);
+    int rc = MPI_SUCCESS;
+    if (comm_timeout() <= 0) {
+      rc = MPI_Wait(&req_, &status);
+    } else {  // MPI_Test until done, under the watchdog's deadline (which may throw)
+      watchdog_wait(
+          [&] {
+            int flag = 0;
+            rc = MPI_Test(&req_, &flag, &status);
+            return flag != 0 || rc != MPI_SUCCESS;
+          },
+          [this] { return pending_.str(); });
+    }
     finish(rc, status);
   }
   bool done() override {
-    if (keep_.empty()) return true;
+    if (complete_) return true;
     int flag = 0;
     MPI_Status status;
     const int rc = MPI_Test(&req_, &flag, &status);
@@ -51,26 +72,27 @@ class MpiHandle : public CommHandle {
     finish(rc, status);
     return true;
   }
-  std::string what_;  // "recv on group 'pp' (size 2)", for error messages
 
  private:
   // Complete (even when it failed: the request is gone), then report.
   void finish(int rc, const MPI_Status& status) {
+    complete_ = true;
     keep_.clear();
     Then then = std::exchange(then_, {});
     check_mpi(rc, what_);
     if (then) then(status);
   }
+  std::string what_;  // "recv on group 'pp' (size 2)", for error messages
   MPI_Request req_;
-  std::vector<Tensor> keep_;  // empty once complete
+  bool complete_ = false;
+  std::vector<Tensor> keep_;  // released once complete
+  Pending pending_;
   Then then_;
 };
 
-CommHandlePtr make_handle(MPI_Request req, std::vector<Tensor> keep, std::string what,
+CommHandlePtr make_handle(MPI_Request req, std::vector<Tensor> keep, std::string what, Pending pending,
                           MpiHandle::Then then = {}) {
-  auto h = std::make_unique<MpiHandle>(req, std::move(keep), std::move(then));
-  h->what_ = std::move(what);
-  return h;
+  return std::make_unique<MpiHandle>(req, std::move(keep), std::move(what), pending, std::move(then));
 }
 
 MPI_Op mpi_op(ReduceOp op) {
@@ -151,6 +173,16 @@ std::string MpiCommunicator::where(const char* op) const {
   return std::string(op) + " on group '" + name_ + "' (size " + std::to_string(size_) + ")";
 }
 
+std::string MpiCommunicator::describe(const char* op, size_t bytes, int peer, int tag) const {
+  std::string s = op;
+  if (peer >= 0 && peer < size_)
+    s += std::string(std::strcmp(op, "recv") == 0 ? " from" : " to") + " rank " + std::to_string(members_[peer]) +
+         " (tag " + std::to_string(tag) + ")";
+  s += " on group '" + name_ + "' (ranks " + rank_list(members_) + ")";
+  if (std::strcmp(op, "barrier") != 0) s += " of " + std::to_string(bytes) + " bytes";
+  return s;
+}
+
 void MpiCommunicator::check_tensor(const char* op, const Tensor& t, const char* what) const {
   if (!t.defined()) throw std::invalid_argument(where(op) + ": " + what + " tensor is undefined");
   if (!t.device().is_cpu())
@@ -170,12 +202,14 @@ void MpiCommunicator::check_peer(const char* op, int peer, int tag) const {
 CommHandlePtr MpiCommunicator::all_reduce_async(Tensor& t, ReduceOp op) {
   check_tensor("all_reduce", t, "the");
   auto [type, n] = reduce_type(t, where("all_reduce"));
+  const Pending pending{this, "all_reduce", t.nbytes()};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   // In place: libnbc then uses a binomial reduce + broadcast, whose order of
   // operations is fixed and whose result is bitwise the same on every rank.
   check_mpi(MPI_Iallreduce(MPI_IN_PLACE, t.raw(), n, type, mpi_op(op), comm_, &req), where("all_reduce"));
   count(CommOp::AllReduce, 2 * ring_share(t.nbytes(), size_));
-  return make_handle(req, {t}, where("all_reduce"));
+  return make_handle(req, {t}, where("all_reduce"), pending);
 }
 
 CommHandlePtr MpiCommunicator::reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) {
@@ -193,6 +227,8 @@ CommHandlePtr MpiCommunicator::reduce_scatter_async(const Tensor& in, Tensor& ou
   if (!in_place && chunk > 0 && out_p < in_p + in.nbytes() && in_p < out_p + chunk)
     throw std::invalid_argument(where("reduce_scatter") +
                                 ": output overlaps the input other than as its chunk rank()");
+  const Pending pending{this, "reduce_scatter", in.nbytes()};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   MpiHandle::Then then;
   if (in_place) {
@@ -206,7 +242,7 @@ CommHandlePtr MpiCommunicator::reduce_scatter_async(const Tensor& in, Tensor& ou
               where("reduce_scatter"));
   }
   count(CommOp::ReduceScatter, ring_share(in.nbytes(), size_));
-  return make_handle(req, {in, out}, where("reduce_scatter"), std::move(then));
+  return make_handle(req, {in, out}, where("reduce_scatter"), pending, std::move(then));
 }
 
 CommHandlePtr MpiCommunicator::all_gather_async(const Tensor& in, Tensor& out) {
@@ -223,12 +259,14 @@ CommHandlePtr MpiCommunicator::all_gather_async(const Tensor& in, Tensor& out) {
   if (!in_place && chunk > 0 && in_p < out_p + out.nbytes() && out_p < in_p + chunk)
     throw std::invalid_argument(where("all_gather") +
                                 ": input overlaps the output other than as its chunk rank()");
+  const Pending pending{this, "all_gather", out.nbytes()};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   check_mpi(MPI_Iallgather(in_place ? MPI_IN_PLACE : in_p, byte_count(in), MPI_BYTE, out_p, byte_count(in),
                            MPI_BYTE, comm_, &req),
             where("all_gather"));
   count(CommOp::AllGather, ring_share(out.nbytes(), size_));
-  return make_handle(req, {in, out}, where("all_gather"));
+  return make_handle(req, {in, out}, where("all_gather"), pending);
 }
 
 CommHandlePtr MpiCommunicator::broadcast_async(Tensor& t, int root) {
@@ -236,24 +274,30 @@ CommHandlePtr MpiCommunicator::broadcast_async(Tensor& t, int root) {
   if (root < 0 || root >= size_)
     throw std::invalid_argument(where("broadcast") + ": root " + std::to_string(root) +
                                 " is not a rank of the group");
+  const Pending pending{this, "broadcast", t.nbytes()};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   check_mpi(MPI_Ibcast(t.raw(), byte_count(t), MPI_BYTE, root, comm_, &req), where("broadcast"));
   if (rank_ == root && size_ > 1) count(CommOp::Broadcast, t.nbytes());
-  return make_handle(req, {t}, where("broadcast"));
+  return make_handle(req, {t}, where("broadcast"), pending);
 }
 
 CommHandlePtr MpiCommunicator::send_async(const Tensor& t, int peer, int tag) {
   check_tensor("send", t, "the");
   check_peer("send", peer, tag);
+  const Pending pending{this, "send", t.nbytes(), peer, tag};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   check_mpi(MPI_Isend(t.raw(), byte_count(t), MPI_BYTE, peer, tag, comm_, &req), where("send"));
   count(CommOp::Send, t.nbytes());
-  return make_handle(req, {t}, where("send"));
+  return make_handle(req, {t}, where("send"), pending);
 }
 
 CommHandlePtr MpiCommunicator::recv_async(Tensor& t, int peer, int tag) {
   check_tensor("recv", t, "the");
   check_peer("recv", peer, tag);
+  const Pending pending{this, "recv", t.nbytes(), peer, tag};
+  comm_stall_point([&] { return pending.str(); });
   MPI_Request req;
   check_mpi(MPI_Irecv(t.raw(), byte_count(t), MPI_BYTE, peer, tag, comm_, &req), where("recv"));
   count(CommOp::Recv, t.nbytes());
@@ -267,9 +311,16 @@ CommHandlePtr MpiCommunicator::recv_async(Tensor& t, int peer, int tag) {
                                std::to_string(peer) + " with tag " + std::to_string(tag) + ", got " +
                                std::to_string(got));
   };
-  return make_handle(req, {t}, where("recv"), std::move(check));
+  return make_handle(req, {t}, where("recv"), pending, std::move(check));
 }
 
-void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), where("barrier")); }
+// Nonblocking, so that the wait is watched like any other.
+void MpiCommunicator::barrier() {
+  const Pending pending{this, "barrier", 0};
+  comm_stall_point([&] { return pending.str(); });
+  MPI_Request req;
+  check_mpi(MPI_Ibarrier(comm_, &req), where("barrier"));
+  MpiHandle(req, {}, where("barrier"), pending).wait();
+}
 
 }  // namespace llm

@@ -22,6 +22,10 @@
 // which libnbc serves with a reduce to a root followed by a broadcast).
 // Reductions need F32, F64 or I32; BF16/F16 move as bytes in all-gather,
 // broadcast and send/recv, and are refused by reductions (for now).
+//
+// Hangs: every wait (the barrier too, an MPI_Ibarrier) is watched by the hang
+// watchdog (parallel/watchdog.h): past comm_timeout() seconds the waiting rank
+// names the operation, group, peers and iteration and aborts the job.
 #pragma once
 #include <mpi.h>
 
@@ -30,6 +34,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace llm {
 
@@ -59,6 +64,11 @@ class MpiCommunicator : public Communicator {
   CommHandlePtr send_async(const Tensor& t, int peer, int tag) override;
   CommHandlePtr recv_async(Tensor& t, int peer, int tag) override;
   void barrier() override;
+
+  // What an operation waits on, for the hang report: "all_reduce on group 'dp'
+  // (ranks 0,2) of 4096 bytes", "recv from rank 3 (tag 1) on group 'pp'
+  // (ranks 1,3) of 512 bytes" (ranks of MPI_COMM_WORLD; peer < 0: none).
+  std::string describe(const char* op, size_t bytes, int peer = -1, int tag = -1) const;
 
  private:
   struct Adopt {};

@@ -400,3 +400,79 @@ TEST(SafetensorsHeaderParser, RefusesEachKindOfBadHeaderNamingTheTensor) {
   expect_error([&] { parse_safetensors_header(reinterpret_cast<const uint8_t*>(f.data()), 5, "m"); },
                {"'m'", "shorter than its 8-byte header length"});
 }
+
+// allow_unknown_dtypes (the Hugging Face reader's mode): tensors of dtypes
+// core/dtype.h lacks are kept, marked unknown, with every check that does not
+// need to convert them: range, overlap, shape, and size where the element
+// size is known.
+TEST(SafetensorsHeaderParser, AllowUnknownDtypesKeepsThemChecked) {
+  const std::string data(64, '\0');
+  SafetensorsParseOptions hf;
+  hf.allow_unknown_dtypes = true;
+  auto parse = [&](const std::string& header, const SafetensorsParseOptions& options) {
+    const std::string f = safetensors_bytes(header, data);
+    return parse_safetensors_header(reinterpret_cast<const uint8_t*>(f.data()), f.size(), "mem.safetensors", options);
+  };
+  const std::string mixed =
+      R"({"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},)"
+      R"("ids":{"dtype":"I64","shape":[1,3],"data_offsets":[8,32]},)"
+      R"("mask":{"dtype":"U8","shape":[3],"data_offsets":[32,35]},)"
+      R"("flag":{"dtype":"BOOL","shape":[],"data_offsets":[35,36]},)"
+      R"("fp8":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[36,40]},)"
+      R"("packed":{"dtype":"F4","shape":[2,3],"data_offsets":[40,43]},)"
+      R"("none":{"dtype":"F4","shape":[0],"data_offsets":[43,43]}})";
+  const auto h = parse(mixed, hf);
+  ASSERT_EQ(h.entries.size(), 7u);
+  EXPECT_TRUE(h.entries.at("w").known_dtype);
+  EXPECT_EQ(h.entries.at("w").dtype, DType::BF16);
+  EXPECT_EQ(h.entries.at("w").dtype_str, "BF16");
+  for (const char* n : {"ids", "mask", "flag", "fp8", "packed", "none"}) EXPECT_FALSE(h.entries.at(n).known_dtype) << n;
+  EXPECT_EQ(h.entries.at("ids").dtype_str, "I64");
+  EXPECT_EQ(h.entries.at("ids").shape, (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(h.entries.at("ids").begin, 8u);
+  EXPECT_EQ(h.entries.at("ids").end, 32u);
+  EXPECT_EQ(h.entries.at("packed").dtype_str, "F4");
+  // Strictly, the same file is refused at its first unknown dtype.
+  expect_error([&] { parse(mixed, {}); }, {"'mem.safetensors'", "unsupported dtype", "unknown dtype name"});
+
+  EXPECT_EQ(safetensors_dtype_size("I64"), 8u);
+  EXPECT_EQ(safetensors_dtype_size("U8"), 1u);
+  EXPECT_EQ(safetensors_dtype_size("BOOL"), 1u);
+  EXPECT_EQ(safetensors_dtype_size("F8_E5M2"), 1u);
+  EXPECT_EQ(safetensors_dtype_size("I16"), 2u);
+  EXPECT_EQ(safetensors_dtype_size("F4"), 0u);
+  for (DType d : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32})
+    EXPECT_EQ(safetensors_dtype_size(dtype_name(d)), dtype_size(d)) << dtype_name(d);
+
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      // Overflowing shapes, with a known element size or none.
+      {R"({"a":{"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,8]}})", "too many elements"},
+      {R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})", "too many elements"},
+      {R"({"a":{"dtype":"F4","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", "too many elements"},
+      // Sizes that do not match a known element size.
+      {R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[0,4]}})", "has 4 bytes but shape [3] of U8 needs 3"},
+      {R"({"a":{"dtype":"I64","shape":[2],"data_offsets":[0,8]}})", "has 8 bytes but shape [2] of I64 needs 16"},
+      // Unknown element size: empty iff no bytes.
+      {R"({"a":{"dtype":"F4","shape":[0],"data_offsets":[0,4]}})", "has 4 bytes for shape [0] of F4"},
+      {R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[4,4]}})", "has 0 bytes for shape [4] of F4"},
+      // Ranges and overlaps, whatever the dtype.
+      {R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[60,68]}})", "outside the data section of 64 bytes"},
+      {R"({"a":{"dtype":"F4","shape":[8],"data_offsets":[8,4]}})", "end before they begin"},
+      {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", "overlap"},
+      {R"({"a":{"dtype":"F4","shape":[16],"data_offsets":[0,8]},"b":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[7,10]}})", "overlap"},
+      // Untrusted numbers: floats and negatives are never converted.
+      {R"({"a":{"dtype":"I64","shape":[1e300],"data_offsets":[0,8]}})", "non-negative integers"},
+      {R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8.0]}})", "two non-negative integers"},
+      {R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[-1e300,8]}})", "two non-negative integers"},
+      // Names that are no dtype.
+      {R"({"a":{"dtype":"","shape":[1],"data_offsets":[0,1]}})", "not a safetensors dtype name"},
+      {R"({"a":{"dtype":"i64","shape":[1],"data_offsets":[0,8]}})", "not a safetensors dtype name"},
+      {R"({"a":{"dtype":"U8\u0000","shape":[1],"data_offsets":[0,1]}})", "not a safetensors dtype name"},
+      {R"({"a":{"dtype":"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789","shape":[1],"data_offsets":[0,1]}})", "not a safetensors dtype name"},
+      {R"({"a":{"dtype":8,"shape":[1],"data_offsets":[0,8]}})", "no dtype string"},
+  };
+  for (const auto& [header, needle] : cases) {
+    SCOPED_TRACE(header);
+    expect_error([&] { parse(header, hf); }, {"'mem.safetensors' is not a valid safetensors file", "'a'", needle});
+  }
+}
