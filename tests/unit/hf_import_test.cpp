@@ -577,3 +577,187 @@ TEST(HfImport, LargeTensorsAreReadInSpansAndStridedColumnsRowByRow) {
     expect_loaded(full.params(), p.model->params(), flat, l.name);
   }
 }
+
+namespace {
+
+// A tensor of any safetensors dtype name (SafetensorsWriter only writes ours).
+struct AnyTensor {
+  std::string name, dtype;
+  Shape shape;
+  std::vector<char> bytes;
+};
+
+// Writes a safetensors file of `tensors` in order, after `edit` changes its header.
+void write_any(const std::string& path, const std::vector<AnyTensor>& tensors,
+               const std::function<void(nlohmann::json&)>& edit = {}) {
+  nlohmann::json header = nlohmann::json::object();
+  std::string data;
+  for (const auto& t : tensors) {
+    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + t.bytes.size()}}};
+    data.append(t.bytes.data(), t.bytes.size());
+  }
+  header["__metadata__"] = {{"format", "pt"}};
+  if (edit) edit(header);
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  std::string len(8, '\0');
+  for (int i = 0; i < 8; ++i) len[static_cast<size_t>(i)] = static_cast<char>((uint64_t{h.size()} >> (8 * i)) & 0xff);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << len << h << data;
+}
+
+std::vector<AnyTensor> read_any(const std::string& path) {
+  std::vector<AnyTensor> v;
+  for (auto& t : read_raw(path)) v.push_back({t.name, dtype_name(t.dtype), t.shape, std::move(t.bytes)});
+  return v;
+}
+
+// Rewrites dir/model.safetensors: its tensors after `f`, its header after `edit`.
+void rewrite_any(const std::string& dir, const std::function<void(std::vector<AnyTensor>&)>& f,
+                 const std::function<void(nlohmann::json&)>& edit = {}) {
+  const std::string path = dir + "/model.safetensors";
+  auto v = read_any(path);
+  if (f) f(v);
+  write_any(path, v, edit);
+}
+
+}  // namespace
+
+TEST(HfImport, ExtraTensorsOfDtypesWeDoNotReadAreIgnoredWithAWarning) {
+  // Real HF files hold I64 / U8 / BOOL / FP8 buffers beside the weights.
+  TempDir tmp;
+  const std::string dir = tmp / "hf";
+  Reference ref = exported(dir, false);
+  rewrite_any(dir, [](std::vector<AnyTensor>& v) {
+    v.insert(v.begin() + 3, {"model.position_ids", "I64", {1, 8}, std::vector<char>(64, 1)});
+    v.push_back({"model.attention_mask_cache", "U8", {5}, std::vector<char>(5, 2)});
+    v.push_back({"model.layers.0.flags", "BOOL", {2}, std::vector<char>(2, 1)});
+    v.push_back({"model.layers.1.mlp.scale", "F8_E4M3", {3}, std::vector<char>(3, 4)});
+    v.push_back({"model.layers.2.packed", "F4", {2, 3}, std::vector<char>(3, 5)});  // element size unknown
+  });
+  for (const auto& l : {Layout{"whole model"}, Layout{"tp rank 1 of 2", 1, 2},
+                        Layout{"pp stage 1 of 2", 0, 1, {PipelineStage::balanced(4, 1, 2)}}}) {
+    Part p = make_part(ref.cfg, l);
+    Tensor flat = sentinel_flat(p.model->params(), DType::F32);
+    std::vector<std::string> warnings;
+    load_hf_parameters(dir, ref.cfg, p.model->params(), flat, &warnings);
+    expect_loaded(ref.full->params(), p.model->params(), flat, l.name + ", with I64/U8/BOOL/F8/F4 extras");
+    ASSERT_EQ(warnings.size(), 5u) << l.name;
+    std::string all;
+    for (const auto& w : warnings) {
+      EXPECT_TRUE(has(w, dir + "/model.safetensors")) << w;
+      EXPECT_TRUE(has(w, "ignored")) << w;
+      all += w + "\n";
+    }
+    for (const char* want : {"'model.position_ids' I64[1, 8]", "'model.attention_mask_cache' U8[5]",
+                             "'model.layers.0.flags' BOOL[2]", "'model.layers.1.mlp.scale' F8_E4M3[3]",
+                             "'model.layers.2.packed' F4[2, 3]"})
+      EXPECT_TRUE(has(all, want)) << want << " not in:\n" << all;
+  }
+  // The inference path reads the directory too.
+  EXPECT_EQ(load_for_inference(dir).source, "hf");
+}
+
+TEST(HfImport, NeededTensorOfADtypeWeDoNotReadIsRefusedNamingIt) {
+  TempDir tmp;
+  const std::string dir = tmp / "hf";
+  Reference ref = exported(dir, false);
+  for (const auto& [dtype, esize] : std::vector<std::pair<std::string, size_t>>{{"I64", 8}, {"U8", 1}, {"F8_E5M2", 1}}) {
+    rewrite_any(dir, [&](std::vector<AnyTensor>& v) {
+      for (auto& t : v)
+        if (t.name == "model.layers.3.mlp.up_proj.weight") {
+          t.dtype = dtype;
+          t.bytes.resize(static_cast<size_t>(shape_numel(t.shape)) * esize);
+        }
+    });
+    // Also on a stage that does not hold layer 3: every rank fails alike.
+    for (const Layout& l : {Layout{"whole"}, Layout{"stage 0", 0, 1, {PipelineStage::balanced(4, 0, 2)}}}) {
+      const std::string e = load_error(dir, ref.cfg, l);
+      EXPECT_TRUE(has(e, dir + "/model.safetensors")) << e;
+      EXPECT_TRUE(has(e, "'model.layers.3.mlp.up_proj.weight'")) << e;
+      EXPECT_TRUE(has(e, "has dtype " + dtype + ", which is not supported")) << e;
+    }
+    fs::remove_all(dir);
+    exported(dir, false);
+  }
+}
+
+TEST(HfImport, OverflowingShapesAndOverlappingOffsetsAreRefusedNamingTheFile) {
+  TempDir tmp;
+  const std::string dir = tmp / "hf", path = dir + "/model.safetensors";
+  Reference ref = exported(dir, false);
+  const std::string norm = "model.norm.weight";
+  struct Case {
+    std::string what;
+    std::function<void(nlohmann::json&)> edit;
+    std::vector<std::string> needles;
+  };
+  const std::vector<Case> cases = {
+      {"2^62 F32 elements (2^64 bytes: 0 after wrapping)",
+       [&](nlohmann::json& h) { h[norm]["shape"] = {uint64_t{1} << 62}; },
+       {"'" + norm + "'", "too many elements"}},
+      {"2^31 x 2^31 x 2 elements",
+       [&](nlohmann::json& h) { h[norm]["shape"] = {uint64_t{1} << 31, uint64_t{1} << 31, 2}; },
+       {"'" + norm + "'", "too many elements"}},
+      {"an unneeded I64 tensor of 2^61 elements",
+       [&](nlohmann::json& h) {
+         h["model.position_ids"] = {{"dtype", "I64"}, {"shape", {uint64_t{1} << 61}}, {"data_offsets", {0, 0}}};
+       },
+       {"'model.position_ids'", "too many elements"}},
+      {"a shape past int64", [&](nlohmann::json& h) { h[norm]["shape"] = {uint64_t{1} << 63}; },
+       {"'" + norm + "'", "non-negative integers"}},
+      {"a float shape", [&](nlohmann::json& h) { h[norm]["shape"] = {1e300}; }, {"'" + norm + "'", "non-negative integers"}},
+      {"float data_offsets",
+       [&](nlohmann::json& h) { h[norm]["data_offsets"] = {1e300, 1e300 + 64}; },
+       {"'" + norm + "'", "two non-negative integers"}},
+      {"negative data_offsets",
+       [&](nlohmann::json& h) { h[norm]["data_offsets"] = {-64, 0}; },
+       {"'" + norm + "'", "two non-negative integers"}},
+      {"data_offsets overlapping the first tensor",
+       [&](nlohmann::json& h) { h[norm]["data_offsets"] = {0, 64}; },
+       {"'" + norm + "'", "overlap"}},
+      {"data_offsets overlapping an unneeded U8 tensor",
+       [&](nlohmann::json& h) {
+         const uint64_t b = h[norm]["data_offsets"][0].get<uint64_t>();
+         h["model.mask"] = {{"dtype", "U8"}, {"shape", {8}}, {"data_offsets", {b + 4, b + 12}}};
+       },
+       {"'" + norm + "'", "'model.mask'", "overlap"}},
+  };
+  const auto original = read_any(path);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    write_any(path, original, c.edit);
+    // Also on a stage that does not hold the final norm.
+    for (const Layout& l : {Layout{"whole"}, Layout{"stage 0", 0, 1, {PipelineStage::balanced(4, 0, 2)}}}) {
+      const std::string e = load_error(dir, ref.cfg, l);
+      EXPECT_TRUE(has(e, "'" + path + "' is not a valid safetensors file")) << e;
+      for (const auto& n : c.needles) EXPECT_TRUE(has(e, n)) << n << " not in: " << e;
+    }
+  }
+  write_any(path, original);
+  EXPECT_EQ(load_error(dir, ref.cfg), "");
+}
+
+TEST(HfImport, ConfigSizesMustBePositiveIntegers) {
+  TempDir tmp;
+  const std::string dir = tmp / "hf";
+  Reference ref = exported(dir, false);
+  const std::vector<std::pair<std::string, nlohmann::json>> cases = {
+      {"hidden_size", 16.5}, {"hidden_size", 1e300}, {"num_attention_heads", 0}, {"vocab_size", -12},
+      {"intermediate_size", "24"}, {"head_dim", 1e300}, {"num_key_value_heads", nullptr}};
+  for (const auto& [key, value] : cases) {
+    SCOPED_TRACE(key + " = " + value.dump());
+    nlohmann::json saved;
+    edit_config(dir, [&](nlohmann::json& j) {
+      saved = j;
+      j[key] = value;
+    });
+    const std::string e = load_error(dir, ref.cfg);
+    EXPECT_TRUE(has(e, dir + "/config.json")) << e;
+    EXPECT_TRUE(has(e, "\"" + key + "\" is " + value.dump() + ", not a positive integer")) << e;
+    edit_config(dir, [&](nlohmann::json& j) { j = saved; });
+  }
+  edit_config(dir, [](nlohmann::json& j) { j.erase("vocab_size"); });
+  EXPECT_TRUE(has(load_error(dir, ref.cfg), "\"vocab_size\" is missing"));
+  edit_config(dir, [](nlohmann::json& j) { j = nlohmann::json::array(); });
+  EXPECT_TRUE(has(load_error(dir, ref.cfg), "not a JSON object"));
+}
