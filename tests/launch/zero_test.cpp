@@ -73,6 +73,28 @@ TEST_F(Zero, EveryStageTrainsLikeOneProcessWithThePredictedMemory) {
   }
 }
 
+// Tied embeddings under ZeRO-3: on one stage the output projection borrows
+// the embedding's bucket (gathered twice per pass, its gradient complete only
+// after the embedding's backward); over two stages each holds a copy whose
+// owned slices are summed over the embedding group.
+TEST_F(Zero, TiedEmbeddingsUnderStageThree) {
+  TempDir run;
+  auto one = train(1, " --tie-embeddings --metrics-file " + (run / "one.jsonl"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto a = iterations(run / "one.jsonl");
+  for (const auto& [ranks, layout] : std::vector<std::pair<int, std::string>>{
+           {2, ""}, {4, " --pipeline-model-parallel-size 2"}, {4, " --tensor-model-parallel-size 2"}}) {
+    SCOPED_TRACE(std::to_string(ranks) + " ranks" + layout);
+    auto r = train(ranks, layout + " --tie-embeddings --zero-stage 3 --metrics-file " + (run / "z.jsonl"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto b = iterations(run / "z.jsonl");
+    for (int64_t it = 1; it <= 10; ++it)
+      EXPECT_NEAR(b.at(it)["lm_loss"].get<double>(), a.at(it)["lm_loss"].get<double>(),
+                  1e-5 * a.at(it)["lm_loss"].get<double>()) << it;
+    std::filesystem::remove(run / "z.jsonl");
+  }
+}
+
 // One micro-batch per rank, so every stage reduces once per step: stages 1
 // and 2 move what stage 0's all-reduce moves (reduce-scatter + all-gather =
 // 2Ψ(p−1)/p per rank), stage 3 half as much again (parameters gathered for
