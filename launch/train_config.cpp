@@ -62,6 +62,8 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("decoder-last-pipeline-num-layers", po::value(&c.last_stage_layers)->default_value(0), "blocks on the last pipeline stage (0: balanced split)")
       ("ddp-bucket-size", po::value(&c.ddp_bucket_size)->default_value(c.ddp_bucket_size), "ZeRO 0-1: elements per data-parallel gradient bucket (whole layers; stages 2-3 use one bucket per layer)")
       ("zero-stage", po::value(&c.zero_stage)->default_value(0), "ZeRO stage: 0 all-reduce, 1 shard Adam state, 2 also gradients, 3 also parameters (over the data-parallel group; with one dp rank all are 0)")
+      ("comm-timeout", po::value(&c.comm_timeout)->default_value(c.comm_timeout), "hang watchdog: seconds a collective, send/recv or barrier may wait before the waiting rank names it (operation, group, peers, iteration) and aborts the job (exit 3); also ends a job whose rank died (0: wait forever). The default 600 leaves room for waits that are legitimately long: large collectives on big clusters, and ranks at a barrier while others load or write checkpoint shards")
+      ("inject-comm-stall-at", po::value(&c.inject_comm_stall_at)->default_value(0), "testing: world rank 1 stalls for good before its first communication of this iteration, so the watchdog of the others must end the job (0: never)")
       ("recompute-granularity", po::value(&c.recompute_granularity), "activation recomputation: full or selective")
       ("bf16", po::bool_switch(&c.bf16), "bf16 weights, gradients and activations; fp32 master weights, Adam state and gradient reduction")
       ("fp16", po::bool_switch(&c.fp16), "fp16 like --bf16, with dynamic loss scaling")
@@ -78,7 +80,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("spike-skip-batches", po::value(&c.spike_skip_batches)->default_value(true), "after a rollback, skip the batches from the snapshot to the spike (true) or replay them (false)")
       ("spike-lr-factor", po::value(&c.spike_lr_factor)->default_value(1.0), "multiply the learning rate by this for --spike-lr-iters iterations after a rollback")
       ("spike-lr-iters", po::value(&c.spike_lr_iters)->default_value(0), "see --spike-lr-factor")
-      ("max-rollbacks", po::value(&c.max_rollbacks)->default_value(c.max_rollbacks), "more rollbacks than this within --rollback-window iterations stop the run (with a checkpoint, exit code 3)")
+      ("max-rollbacks", po::value(&c.max_rollbacks)->default_value(c.max_rollbacks), "more rollbacks than this within --rollback-window iterations stop the run (with a checkpoint, exit code 4)")
       ("rollback-window", po::value(&c.rollback_window)->default_value(c.rollback_window), "see --max-rollbacks")
       ("skip-train-iteration-range", po::value(&c.skip_iteration_ranges)->multitoken(), "iterations A-B (inclusive; several allowed) whose batches are consumed without training, as BLOOM did")
       ("inject-loss-spike-at", po::value(&c.inject_loss_spike_at), "testing: comma-separated iterations whose loss (and gradients) are multiplied by --inject-loss-spike-factor")
@@ -174,6 +176,9 @@ void validate(TrainConfig& c, int world) {
        "--load-hf starts a new one from Hugging Face weights");
   need(c.keep_last >= 0, "--keep-last must be non-negative (0 keeps every checkpoint)");
   need(c.exit_duration_mins >= 0, "--exit-duration-in-mins must be non-negative");
+  need(c.comm_timeout >= 0 && c.comm_timeout <= 1e9, "--comm-timeout must be between 0 (no watchdog) and 1e9 seconds");
+  need(c.inject_comm_stall_at >= 0 && (c.inject_comm_stall_at == 0 || world >= 2),
+       "--inject-comm-stall-at needs a non-negative iteration and at least 2 ranks (world rank 1 stalls)");
   need(c.valid_fraction >= 0 && c.valid_fraction < 1, "--valid-fraction must be in [0, 1)");
   need(!c.data_path.empty(), "--data-path is required (a token file prefix from llm-prepare-data)");
   // Cheap existence checks here; contents are verified when the files are opened.

@@ -76,6 +76,9 @@ struct TrainConfig {
   bool async_save = false;        // write checkpoints from a background thread
   int64_t inject_save_crash_at = 0;  // testing: world rank 0 dies mid-save at this iteration
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
+  // hang watchdog
+  double comm_timeout = 600.0;       // seconds a communication may wait before the job is aborted (0: never)
+  int64_t inject_comm_stall_at = 0;  // testing: world rank 1 stalls for good before communicating in this iteration
 
   int64_t data_parallel(int world) const { return world / (tensor_parallel * pipeline_parallel); }
   // Model chunks per pipeline rank (1 unless --num-layers-per-virtual-pipeline-stage).

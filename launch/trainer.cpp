@@ -348,6 +348,7 @@ double Trainer::global_grad_norm_over_stages(bool tied_copy) {
 }
 
 Trainer::StepResult Trainer::train_step(int64_t iteration) {
+  set_comm_context_iteration(iteration);  // for the hang watchdog's report
   const int64_t micro = cfg_.micro_batch_size, S = cfg_.model.seq_length, dp = dp_.size();
   const int64_t steps = cfg_.accumulation_steps_per_rank(dp);
   const double tokens_in_batch = static_cast<double>(cfg_.global_batch_size * S);
@@ -803,7 +804,7 @@ int Trainer::run() {
             std::printf("no checkpoint written: --save is not set\n");
           }
           std::fflush(stdout);
-          return 3;
+          return 4;  // (3 is the hang watchdog's)
         }
         continue;  // training goes on from the restored state
       }

@@ -11,6 +11,7 @@
 #include "launch/trainer.h"
 #include "parallel/mpi_env.h"
 #include "parallel/process_grid.h"
+#include "parallel/watchdog.h"
 
 int main(int argc, char** argv) {
   llm::ensure_native_blas_kernels(argv, /*announce=*/true);
@@ -29,6 +30,8 @@ int main(int argc, char** argv) {
       cfg.model.vocab_size = tok.vocab_size();
     }
     llm::validate(cfg, env.world_size());
+    llm::set_comm_timeout(cfg.comm_timeout);  // the hang watchdog of every communicator
+    llm::set_comm_stall_injection(cfg.inject_comm_stall_at, 1);
   } catch (const llm::UsageError& e) {
     env.fail("llm-train", e.what(), 2);
   } catch (const std::exception& e) {

@@ -79,12 +79,12 @@ TEST_F(Faults, NanGradientSkipsOneStepAndTrainingGoesOn) {
 }
 
 // The same spike every time (its batches replayed): after --max-rollbacks the
-// run stops with exit code 3 and a checkpoint that loads.
+// run stops with exit code 4 and a checkpoint that loads.
 TEST_F(Faults, RepeatedSpikesStopTheRunWithACheckpoint) {
   TempDir run;
   auto r = train_long(2, " --spike-action rollback --snapshot-interval 5 --inject-loss-spike-at 28 --spike-skip-batches"
                          " false --max-rollbacks 2 --save " + (run / "ck") + " --metrics-file " + (run / "m.jsonl"));
-  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_EQ(r.exit_code, 4) << r.output;
   EXPECT_NE(r.output.find("--max-rollbacks 2"), std::string::npos) << r.output;
   EXPECT_EQ(events(run / "m.jsonl", "rollback").size(), 2u);
   EXPECT_EQ(events(run / "m.jsonl", "too_many_rollbacks").size(), 1u);
