@@ -87,7 +87,8 @@ fault() {
 echo "fault_tolerance: SIGUSR1 to mpirun" >&2
 USR1=$(fault usr1 "--save $TMP/ck" 'kill -USR1 $job')
 echo "fault_tolerance: kill -9 of one rank" >&2
-if "$LLM_TRAIN" --help 2>&1 | grep -q -- --comm-timeout; then
+HELP="$("$LLM_TRAIN" --help 2>&1 || true)"
+if [[ "$HELP" == *--comm-timeout* ]]; then
   KILL9=$(fault kill9 "--comm-timeout 10" 'kill -9 $(pgrep -f -- "$TMP/kill9.jsonl" | grep -vx "$job" | tail -1)')
 else
   KILL9="nan (no --comm-timeout in this build)"
@@ -105,13 +106,25 @@ def tps(cfg):
     return statistics.median(vals)
 base = tps("off")
 print(f"Measured with `{cmdline}` ({cores} cores, {rounds} round(s)):\n")
-print("| configuration | tokens/s | vs guard off |")
-print("|---|---|---|")
+def snapshot_cost(cfg, interval):
+    # Seconds per snapshot (from the metrics) over the iterations it covers, as a fraction of an iteration.
+    secs, iters = [], []
+    for r in range(1, rounds + 1):
+        lines = [json.loads(l) for l in open(f"{tmp}/{cfg}.{r}.jsonl")]
+        secs += [j["seconds"] for j in lines if j.get("event") == "snapshot"]
+        iters += [j["ms_per_iter"] / 1000 for j in lines if "ms_per_iter" in j][warmup:]
+    return statistics.median(secs) / interval / statistics.median(iters), statistics.median(secs)
+print("| configuration | tokens/s | vs guard off | snapshot time per iteration |")
+print("|---|---|---|---|")
 names = {"off": "--spike-action none", "guard": "spike guard (default: skip)",
          "snap10": "rollback, --snapshot-interval 10", "snap1": "rollback, --snapshot-interval 1"}
 for cfg in ("off", "guard", "snap10", "snap1"):
     t = tps(cfg)
-    print(f"| {names[cfg]} | {t:.0f} | {t / base:.3f} |")
+    extra = ""
+    if cfg.startswith("snap"):
+        frac, secs = snapshot_cost(cfg, int(cfg[4:]))
+        extra = f"{100 * frac:.2f}% ({1000 * secs:.1f} ms per snapshot)"
+    print(f"| {names[cfg]} | {t:.0f} | {t / base:.3f} | {extra} |")
 u = usr1.split(); k = kill9.split()
 print()
 print("| fault (4 ranks, tp2 x dp2) | seconds to exit | exit code |")
