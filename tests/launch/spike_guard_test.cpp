@@ -65,6 +65,22 @@ TEST_F(Faults, SpikeIsRolledBackAndEndsWhereACleanRunSkippingItsBatchesEnds) {
   }
 }
 
+// Without in-memory snapshots the rollback reloads the newest checkpoint
+// (iteration 30) and ends in the same place.
+TEST_F(Faults, SpikeRollsBackToTheNewestCheckpointWithoutSnapshots) {
+  TempDir run;
+  auto spiky = train_long(1, " --spike-action rollback --save-interval 10 --inject-loss-spike-at 33 --save " +
+                                 (run / "spiky") + " --metrics-file " + (run / "spiky.jsonl"));
+  ASSERT_EQ(spiky.exit_code, 0) << spiky.output;
+  const auto rb = events(run / "spiky.jsonl", "rollback");
+  ASSERT_EQ(rb.size(), 1u) << spiky.output;
+  EXPECT_EQ(rb[0]["source"], "the newest checkpoint");
+  EXPECT_EQ(rb[0]["to"], 30);
+  auto clean = train_long(1, " --skip-train-iteration-range 31-33 --save " + (run / "clean"));
+  ASSERT_EQ(clean.exit_code, 0) << clean.output;
+  EXPECT_EQ(load_unsplit(run / "spiky"), load_unsplit(run / "clean"));
+}
+
 TEST_F(Faults, NanGradientSkipsOneStepAndTrainingGoesOn) {
   TempDir run;
   auto r = train(2, " --inject-grad-nan-at 4 --metrics-file " + (run / "m.jsonl"));
