@@ -1,5 +1,7 @@
 #include "launch/train_config.h"
 
+#include <algorithm>
+
 #include <boost/program_options.hpp>
 #include <filesystem>
 #include <fstream>
@@ -257,38 +259,34 @@ void validate(TrainConfig& c, int world) {
   need(c.snapshot_interval >= 0 && c.spike_lr_iters >= 0 && c.spike_lr_factor > 0,
        "--snapshot-interval and --spike-lr-iters must be non-negative, --spike-lr-factor positive");
   need(c.max_rollbacks >= 0 && c.rollback_window > 0, "--max-rollbacks must be non-negative, --rollback-window positive");
+  c.skip_ranges.clear();
   for (const auto& r : c.skip_iteration_ranges) {
     const auto dash = r.find('-');
     bool ok = dash != std::string::npos && dash > 0 && dash + 1 < r.size() &&
               r.find_first_not_of("0123456789-") == std::string::npos && r.find('-', dash + 1) == std::string::npos;
-    ok = ok && std::stoll(r.substr(0, dash)) >= 1 && std::stoll(r.substr(0, dash)) <= std::stoll(r.substr(dash + 1));
+    if (ok) c.skip_ranges.emplace_back(std::stoll(r.substr(0, dash)), std::stoll(r.substr(dash + 1)));
+    ok = ok && c.skip_ranges.back().first >= 1 && c.skip_ranges.back().first <= c.skip_ranges.back().second;
     need(ok, "--skip-train-iteration-range '" + r + "': expected A-B with 1 <= A <= B (e.g. 1200-1400)");
   }
+  c.loss_spike_iterations.clear();
   for (size_t at = 0; at < c.inject_loss_spike_at.size();) {
     const size_t end = std::min(c.inject_loss_spike_at.find(',', at), c.inject_loss_spike_at.size());
     const std::string item = c.inject_loss_spike_at.substr(at, end - at);
     need(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos,
          "--inject-loss-spike-at '" + c.inject_loss_spike_at + "': expected comma-separated iteration numbers");
+    c.loss_spike_iterations.push_back(std::stoll(item));
     at = end + 1;
   }
 }
 
 bool TrainConfig::in_skip_range(int64_t it) const {
-  for (const auto& r : skip_iteration_ranges) {
-    const auto dash = r.find('-');
-    if (it >= std::stoll(r.substr(0, dash)) && it <= std::stoll(r.substr(dash + 1))) return true;
-  }
+  for (const auto& [a, b] : skip_ranges)
+    if (it >= a && it <= b) return true;
   return false;
 }
 
 bool TrainConfig::loss_spike_injected_at(int64_t it) const {
-  std::string list(",");
-  list += inject_loss_spike_at;
-  list += ',';
-  std::string item(",");
-  item += std::to_string(it);
-  item += ',';
-  return list.find(item) != std::string::npos;
+  return std::find(loss_spike_iterations.begin(), loss_spike_iterations.end(), it) != loss_spike_iterations.end();
 }
 
 }  // namespace llm

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/model_config.h"
@@ -59,6 +60,9 @@ struct TrainConfig {
   double inject_loss_spike_factor = 100.0;
   int64_t inject_grad_nan_at = 0;       // a NaN put into one gradient element
   int64_t inject_corrupt_batch_at = 0;  // the batch's tokens replaced by one repeated id
+  // Parsed by validate() from the two strings above.
+  std::vector<std::pair<int64_t, int64_t>> skip_ranges;
+  std::vector<int64_t> loss_spike_iterations;
   bool in_skip_range(int64_t iteration) const;
   bool loss_spike_injected_at(int64_t iteration) const;
   std::string recompute_granularity;  // "", "full", "selective"

@@ -96,10 +96,7 @@ Tensor DistributedOptimizer::value_of(const Piece& p) const {
 void DistributedOptimizer::set_values(const Tensor& flat) {
   if (flat.numel() != store_.padded_numel())
     throw std::logic_error("set_values: " + flat.str() + " is not laid out like the parameters");
-  auto put = [](Tensor dst, const Tensor& src) {
-    if (dst.dtype() == src.dtype()) dst.copy_from(src);
-    else dst.convert_from(src);
-  };
+  auto put = [](Tensor dst, const Tensor& src) { dst.convert_from(src); };  // a plain copy when the dtypes agree
   if (master_.defined())
     for (const Bucket& b : buckets_)
       put(master_.flat_view(b.shard, {slice(b)}), flat.flat_view(b.own, {slice(b)}));
@@ -233,10 +230,8 @@ void DistributedOptimizer::all_reduce_grads(const std::function<bool(const Param
     int64_t at = 0;
     for (const Piece* p : mine) {
       Tensor g = grad_of(*p), part = packed.flat_view(at, {p->numel});
-      Tensor& dst = pack ? part : g;
-      const Tensor& src = pack ? g : part;
-      if (dst.dtype() == src.dtype()) dst.copy_from(src);
-      else dst.convert_from(src);
+      if (pack) part.convert_from(g);
+      else g.convert_from(part);
       at += p->numel;
     }
   };
