@@ -116,7 +116,10 @@ TEST_F(Watchdog, KilledRankEndsTheJobWithinTheTimeoutAndTheLastCheckpointLoads) 
                 r.exit_code, secs, tc.c_str());
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.exit_code, 124) << "the job hung:\n" << r.output;
-    EXPECT_FALSE(running(survivor)) << "rank 0 outlived the job";
+    // mpiexec may return while its SIGKILL of rank 0 is still being delivered:
+    // give the kernel a few seconds on a loaded machine.
+    for (int i = 0; i < 100 && running(survivor); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(running(survivor)) << "rank 0 outlived the job by more than 5 s";
     if (c.by_watchdog) {
       // The survivor's wait began before the kill: it ends within the timeout
       // of the kill, plus the abort's own time.
