@@ -15,6 +15,22 @@
 #include "core/cpu/rmsnorm.h"
 #include "core/cpu/rope.h"
 #include "core/cpu/swiglu.h"
+#ifdef LLM_WITH_CUDA
+#include "core/cuda/cuda_ops.h"
+// An op whose first tensor is on a CUDA device runs the CUDA backend's op of the
+// same name and signature (it checks the other operands' devices).
+#define LLM_ON_CUDA(t, ...)                     \
+  do {                                          \
+    if (!(t).device().is_cpu()) {               \
+      cuda::__VA_ARGS__;                        \
+      return;                                   \
+    }                                           \
+  } while (0)
+#else
+#define LLM_ON_CUDA(t, ...) \
+  do {                      \
+  } while (0)
+#endif
 
 namespace llm::ops {
 namespace {
@@ -136,6 +152,7 @@ int64_t rows_of(const Tensor& t, int64_t cols) { return cols ? t.numel() / cols 
 }  // namespace
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate) {
+  LLM_ON_CUDA(x, linear_forward(x, w, y, accumulate));
   const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
   expect_numel("linear_forward", "x", x, rows * in);
   expect_numel("linear_forward", "y", y, rows * out);
@@ -149,6 +166,7 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, Tensor& dw) {
+  LLM_ON_CUDA(dy, linear_backward(dy, x, w, dx, dw));
   const int64_t out = w.size(0), in = w.size(1), rows = rows_of(x, in);
   expect_numel("linear_backward", "dy", dy, rows * out);
   expect_numel("linear_backward", "dw", dw, out * in);
@@ -168,6 +186,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor*
 
 void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out, int64_t row_begin,
                        int64_t total_vocab) {
+  LLM_ON_CUDA(table, embedding_forward(tokens, table, out, row_begin, total_vocab));
   const int64_t vocab = table.size(0), dim = table.size(1), n = tokens.numel();
   expect_numel("embedding_forward", "out", out, n * dim);
   OpCall call("embedding_forward");
@@ -181,6 +200,7 @@ void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out, i
 
 void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable, int64_t row_begin,
                         int64_t total_vocab) {
+  LLM_ON_CUDA(dout, embedding_backward(tokens, dout, dtable, row_begin, total_vocab));
   const int64_t vocab = dtable.size(0), dim = dtable.size(1), n = tokens.numel();
   expect_numel("embedding_backward", "dout", dout, n * dim);
   OpCall call("embedding_backward");
@@ -193,6 +213,7 @@ void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  LLM_ON_CUDA(x, rmsnorm_forward(x, w, eps, y, rstd));
   const int64_t dim = w.numel(), rows = rows_of(x, dim);
   expect_numel("rmsnorm_forward", "y", y, x.numel());
   expect_numel("rmsnorm_forward", "rstd", rstd, rows);
@@ -206,6 +227,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor& dw) {
+  LLM_ON_CUDA(dy, rmsnorm_backward(dy, x, w, rstd, dx, dw));
   const int64_t dim = w.numel(), rows = rows_of(x, dim);
   expect_numel("rmsnorm_backward", "dx", dx, x.numel());
   expect_numel("rmsnorm_backward", "dy", dy, x.numel());
@@ -219,6 +241,18 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     cpu::rmsnorm_backward<T>(DY.data<T>(), X.data<T>(), W.data<T>(), RSTD.data<T>(), rows, dim,
                              DX.data<T>(), DW.data<T>());
   });
+}
+
+void add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, double eps, Tensor& h,
+                         Tensor& y, Tensor& rstd) {
+  LLM_ON_CUDA(x, add_rmsnorm_forward(x, residual, w, eps, h, y, rstd));
+  expect_numel("add_rmsnorm_forward", "residual", residual, x.numel());
+  expect_numel("add_rmsnorm_forward", "h", h, x.numel());
+  // The CPU runs the two passes; the result is the same: h is rounded to its dtype
+  // before the norm reads it, as the fused GPU kernel does.
+  if (h.raw() != x.raw()) h.copy_from(x);
+  add_(h, residual);
+  rmsnorm_forward(h, w, eps, y, rstd);
 }
 
 static void check_qkv(const char* op, const Tensor& qkv, const QkvLayout& l) {
@@ -240,18 +274,21 @@ static void rope_qk(const char* op, Tensor& qkv, const QkvLayout& l, Kernel&& ke
 }
 
 void rope_forward(Tensor& qkv, const QkvLayout& l, int64_t pos_offset, double theta) {
+  LLM_ON_CUDA(qkv, rope_forward(qkv, l, pos_offset, theta));
   rope_qk("rope_forward", qkv, l, [&](auto* x, int64_t heads) {
     cpu::rope_forward(x, l.row_stride(), l.batch, l.seq, heads, l.head_dim, pos_offset, theta);
   });
 }
 
 void rope_backward(Tensor& dqkv, const QkvLayout& l, int64_t pos_offset, double theta) {
+  LLM_ON_CUDA(dqkv, rope_backward(dqkv, l, pos_offset, theta));
   rope_qk("rope_backward", dqkv, l, [&](auto* x, int64_t heads) {
     cpu::rope_backward(x, l.row_stride(), l.batch, l.seq, heads, l.head_dim, pos_offset, theta);
   });
 }
 
 void attention_forward(const Tensor& qkv, const QkvLayout& l, Tensor& out, Tensor& lse) {
+  LLM_ON_CUDA(qkv, attention_forward(qkv, l, out, lse));
   check_qkv("attention_forward", qkv, l);
   expect_numel("attention_forward", "out", out, l.batch * l.seq * l.heads * l.head_dim);
   expect_numel("attention_forward", "lse", lse, l.batch * l.heads * l.seq);
@@ -269,6 +306,7 @@ void attention_forward(const Tensor& qkv, const QkvLayout& l, Tensor& out, Tenso
 
 void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& l, const Tensor& out,
                         const Tensor& lse, Tensor& dqkv) {
+  LLM_ON_CUDA(qkv, attention_backward(dout, qkv, l, out, lse, dqkv));
   check_qkv("attention_backward", qkv, l);
   check_qkv("attention_backward", dqkv, l);
   expect_numel("attention_backward", "dout", dout, l.batch * l.seq * l.heads * l.head_dim);
@@ -290,6 +328,7 @@ void attention_backward(const Tensor& dout, const Tensor& qkv, const QkvLayout& 
 
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t tk,
                       int64_t heads, int64_t groups, int64_t head_dim, Tensor& out) {
+  LLM_ON_CUDA(q, attention_decode(q, k_cache, v_cache, tk, heads, groups, head_dim, out));
   const int64_t hd = heads * head_dim, gd = groups * head_dim, tq = rows_of(q, hd);
   if (tq > tk) fail("attention_decode", "more queries than cached keys");
   if (k_cache.numel() < tk * gd || v_cache.numel() < tk * gd) fail("attention_decode", "KV cache smaller than its length");
@@ -306,6 +345,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
 }
 
 void swiglu_forward(const Tensor& gate_up, Tensor& out) {
+  LLM_ON_CUDA(gate_up, swiglu_forward(gate_up, out));
   const int64_t F = out.size(-1), rows = rows_of(out, F);
   expect_numel("swiglu_forward", "gate_up", gate_up, rows * 2 * F);
   OpCall call("swiglu_forward");
@@ -318,6 +358,7 @@ void swiglu_forward(const Tensor& gate_up, Tensor& out) {
 }
 
 void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up) {
+  LLM_ON_CUDA(dout, swiglu_backward(dout, gate_up, dgate_up));
   const int64_t F = dout.size(-1), rows = rows_of(dout, F);
   expect_numel("swiglu_backward", "dgate_up", dgate_up, rows * 2 * F);
   OpCall call("swiglu_backward");
@@ -331,6 +372,7 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate_up, Tensor& dgate_up
 }
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) {
+  LLM_ON_CUDA(logits, cross_entropy_forward(logits, targets, loss, lse));
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_forward", "targets", targets, rows);
   expect_numel("cross_entropy_forward", "loss", loss, rows);
@@ -346,6 +388,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
 
 void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
                                     const Tensor& dloss, int64_t col_begin, int64_t total_V) {
+  LLM_ON_CUDA(logits, cross_entropy_backward_inplace(logits, lse, targets, dloss, col_begin, total_V));
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_backward", "targets", targets, rows);
   expect_numel("cross_entropy_backward", "lse", lse, rows);
@@ -360,6 +403,7 @@ void cross_entropy_backward_inplace(Tensor& logits, const Tensor& lse, const Ten
 }
 
 void cross_entropy_row_max(const Tensor& logits, Tensor& row_max) {
+  LLM_ON_CUDA(logits, cross_entropy_row_max(logits, row_max));
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_row_max", "row_max", row_max, rows);
   OpCall call("cross_entropy_row_max");
@@ -372,6 +416,7 @@ void cross_entropy_row_max(const Tensor& logits, Tensor& row_max) {
 
 void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int64_t col_begin, int64_t total_V,
                                 const Tensor& row_max, Tensor& stats) {
+  LLM_ON_CUDA(logits, cross_entropy_partial_sums(logits, targets, col_begin, total_V, row_max, stats));
   const int64_t V = logits.size(-1), rows = rows_of(logits, V);
   expect_numel("cross_entropy_partial_sums", "targets", targets, rows);
   expect_numel("cross_entropy_partial_sums", "row_max", row_max, rows);
@@ -388,6 +433,7 @@ void cross_entropy_partial_sums(const Tensor& logits, const Tensor& targets, int
 }
 
 void add_(Tensor& y, const Tensor& x) {
+  LLM_ON_CUDA(y, add_(y, x));
   expect_numel("add_", "x", x, y.numel());
   if ((x.dtype() == DType::F64) != (y.dtype() == DType::F64)) fail("add_", "x and y differ in dtype");
   OpCall call("add_");
@@ -400,6 +446,7 @@ void add_(Tensor& y, const Tensor& x) {
 
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                 const AdamWParams& p) {
+  LLM_ON_CUDA(param, adamw_step(param, grad, exp_avg, exp_avg_sq, p));
   const int64_t n = param.numel();
   expect_numel("adamw_step", "grad", grad, n);
   expect_numel("adamw_step", "exp_avg", exp_avg, n);
@@ -413,7 +460,32 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
   });
 }
 
+void adamw_multi_step(const std::vector<AdamWSegmentTensors>& segments, const AdamWParams& p) {
+  if (segments.empty()) return;
+  LLM_ON_CUDA(segments.front().param, adamw_multi_step(segments, p));
+  for (const AdamWSegmentTensors& s : segments) {
+    AdamWParams q = p;
+    q.weight_decay = s.weight_decay;
+    Tensor param = s.param, m = s.exp_avg, v = s.exp_avg_sq;
+    adamw_step(param, s.grad, m, v, q);
+    if (s.model_copy.defined()) Tensor(s.model_copy).convert_from(param);
+  }
+}
+
+std::vector<double> sums_of_squares(const std::vector<Tensor>& xs) {
+#ifdef LLM_WITH_CUDA
+  if (!xs.empty() && !xs.front().device().is_cpu()) return cuda::sums_of_squares(xs);
+#endif
+  std::vector<double> r;
+  r.reserve(xs.size());
+  for (const Tensor& x : xs) r.push_back(sum_of_squares(x));
+  return r;
+}
+
 double sum_of_squares(const Tensor& x) {
+#ifdef LLM_WITH_CUDA
+  if (!x.device().is_cpu()) return cuda::sum_of_squares(x);
+#endif
   double r = 0;
   dispatch("sum_of_squares", x, [&](auto z) {
     using T = decltype(z);
@@ -423,6 +495,9 @@ double sum_of_squares(const Tensor& x) {
 }
 
 bool all_finite(const Tensor& x) {
+#ifdef LLM_WITH_CUDA
+  if (!x.device().is_cpu()) return cuda::all_finite(x);
+#endif
   bool r = true;
   dispatch("all_finite", x, [&](auto z) {
     using T = decltype(z);

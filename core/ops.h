@@ -16,6 +16,7 @@
 //    all_finite read 16-bit values directly (no copy).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -38,6 +39,11 @@ void embedding_backward(const Tensor& tokens, const Tensor& dout, Tensor& dtable
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor& dw);
+// The residual add fused into the norm: h = x + residual, then y = rmsnorm(h)·w (one
+// pass on the GPU). h may be x itself (in place); its backward is rmsnorm_backward
+// with dx the residual stream's gradient (it adds into dx).
+void add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, double eps, Tensor& h,
+                         Tensor& y, Tensor& rstd);
 
 // Layout of q, k and v inside one fused projection output [rows, (H + 2G)·D]:
 // columns [0, HD) are q, [HD, HD+GD) k, then v.
@@ -89,11 +95,23 @@ struct AdamWParams {
 };
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                 const AdamWParams& p);
+// Several ranges in one call (one launch on the GPU: the multi-tensor AdamW). Each
+// segment has its own weight decay (p.weight_decay is ignored); when model_copy is
+// defined (a 16-bit copy of param) it receives the updated param, rounded, in the
+// same pass.
+struct AdamWSegmentTensors {
+  Tensor param, grad, exp_avg, exp_avg_sq;
+  Tensor model_copy;  // optional
+  double weight_decay = 0.0;
+};
+void adamw_multi_step(const std::vector<AdamWSegmentTensors>& segments, const AdamWParams& p);
 
 // y += x element-wise (same numel and dtype).
 void add_(Tensor& y, const Tensor& x);
 
 double sum_of_squares(const Tensor& x);  // in double, deterministic
+// sum_of_squares of each tensor (one launch and one copy back on the GPU).
+std::vector<double> sums_of_squares(const std::vector<Tensor>& xs);
 bool all_finite(const Tensor& x);
 
 }  // namespace llm::ops
