@@ -1,19 +1,12 @@
-// CUDA device memory for Tensor storage. A caching, stream-ordered allocator
-// replaces this with the CUDA backend issue; byte accounting stays in
+// CUDA device memory for Tensor storage. PLACEHOLDER: plain cudaMalloc/cudaFree
+// until the caching, stream-ordered allocator lands; byte accounting stays in
 // core/allocator.cpp so both devices report the same categories.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
-
 #include "core/allocator.h"
+#include "core/cuda/runtime.h"
 
 namespace llm::cuda {
-
-static void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
 
 bool available() {
   int n = 0;
@@ -21,15 +14,20 @@ bool available() {
 }
 
 void* alloc(int device, size_t bytes) {
-  check(cudaSetDevice(device), "cudaSetDevice");
+  LLM_CUDA_CHECK(cudaSetDevice(device));
   void* p = nullptr;
-  check(cudaMalloc(&p, bytes), "cudaMalloc");
+  LLM_CUDA_CHECK(cudaMalloc(&p, bytes));
   return p;
 }
 
 void free(int device, void* p) {
-  check(cudaSetDevice(device), "cudaSetDevice");
-  check(cudaFree(p), "cudaFree");
+  LLM_CUDA_CHECK(cudaSetDevice(device));
+  LLM_CUDA_CHECK(cudaFree(p));
 }
+
+void record_stream(const void*, cudaStream_t) {}
+size_t reserved_bytes(int) { return 0; }
+size_t cached_bytes(int) { return 0; }
+void empty_cache(int) {}
 
 }  // namespace llm::cuda
