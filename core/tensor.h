@@ -70,6 +70,8 @@ class Tensor {
   void zero_();
   void copy_from(const Tensor& src);  // same dtype and numel; any devices
   Tensor clone(MemoryCategory category) const;
+  // A copy on another device (host <-> GPU), same dtype and shape.
+  Tensor clone_to(Device device, MemoryCategory category) const;
   // Element-wise conversion between the floating dtypes F32, F64, BF16 and F16 (CPU):
   // same numel, values rounded to nearest even into this tensor's dtype (F64 → 16 bits
   // is rounded once, not through F32). Same dtypes (also I32) are a plain copy_from.

@@ -94,7 +94,8 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("eval-interval", po::value(&c.eval_interval)->default_value(0), "iterations between evaluations (0: only at the end)")
       ("eval-iters", po::value(&c.eval_iters)->default_value(c.eval_iters), "micro-batches per evaluation")
       ("metrics-file", po::value(&c.metrics_file), "append JSON Lines metrics here")
-      ("peak-tflops", po::value(&c.peak_tflops)->default_value(0.0), "peak TFLOP/s of one process's hardware, for MFU");
+      ("peak-tflops", po::value(&c.peak_tflops)->default_value(0.0), "peak TFLOP/s of one process's hardware, for MFU (default on a GPU: its dense bf16 peak when known, e.g. 989 for an H100 SXM)")
+      ("device", po::value(&c.device)->default_value(c.device), "where the model trains: cpu, cuda (each rank on the GPU of its node-local rank), or auto (cuda when this build has the CUDA backend and a GPU is visible, else cpu)");
   ckpt.add_options()
       ("save", po::value(&c.save), "checkpoint directory to write")
       ("load", po::value(&c.load), "checkpoint directory to resume from (its 'latest', or one iteration's directory)")
@@ -143,6 +144,8 @@ static void need(bool ok, const std::string& msg) {
 }
 
 void validate(TrainConfig& c, int world) {
+  need(c.device == "cpu" || c.device == "cuda" || c.device == "auto",
+       "--device " + c.device + " is not one of cpu, cuda, auto");
   need(c.train_iters > 0, "--train-iters must be positive");
   need(c.micro_batch_size > 0, "--micro-batch-size must be positive");
   need(c.tensor_parallel >= 1 && c.pipeline_parallel >= 1,

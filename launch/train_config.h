@@ -78,6 +78,7 @@ struct TrainConfig {
   int64_t save_interval = 0, exit_interval = 0;
   int64_t keep_last = 0;          // keep the N newest checkpoints (0: all)
   bool async_save = false;        // write checkpoints from a background thread
+  std::string device = "auto";   // cpu, cuda, or auto (cuda when built with it and a GPU is visible)
   int64_t inject_save_crash_at = 0;  // testing: world rank 0 dies mid-save at this iteration
   double exit_duration_mins = 0.0;  // stop (evaluate, save) after this much training time
   // hang watchdog

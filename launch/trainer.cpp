@@ -13,6 +13,9 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_format.h"
 #include "core/ops.h"
+#ifdef LLM_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
 
 namespace llm {
 
@@ -79,9 +82,37 @@ static std::string hms(double seconds) {
   return buf;
 }
 
+// --device: cpu, cuda (this rank's GPU from its node-local rank), or auto.
+static Device resolve_device(const std::string& want) {
+#ifdef LLM_WITH_CUDA
+  if (want == "cuda" || (want == "auto" && cuda::available())) return Device::cuda(cuda::select_device_for_local_rank());
+#else
+  if (want == "cuda")
+    throw std::invalid_argument("--device cuda: this build has no CUDA backend; rebuild where the CUDA toolkit is "
+                                "installed (-DLLM_WITH_CUDA=ON) or use --device cpu");
+#endif
+  return Device::cpu();
+}
+
+// The device, and on GPUs the grid's NCCL groups (before anyone holds a reference to a group).
+static Device prepare_device(const std::string& want, ProcessGrid& grid) {
+  const Device d = resolve_device(want);
+  if (!d.is_cpu()) grid.enable_gpu(d.index);
+  return d;
+}
+
+// Dense bf16 tensor-core peaks (NVIDIA datasheets) of the GPUs we know by name, for MFU.
+static double known_peak_tflops(const std::string& gpu) {
+  if (gpu.find("H100") != std::string::npos) return gpu.find("PCIe") != std::string::npos ? 756.0 : 989.0;
+  if (gpu.find("H200") != std::string::npos || gpu.find("GH200") != std::string::npos) return 989.0;
+  if (gpu.find("A100") != std::string::npos) return 312.0;
+  return 0.0;
+}
+
 Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     : cfg_(cfg),
       grid_(grid),
+      device_(prepare_device(cfg.device, grid)),
       dp_(grid.dp()),
       pp_(grid.pp()),
       metrics_(grid.world_rank() == 0 ? cfg.metrics_file : std::string()) {
@@ -113,7 +144,7 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
     for (int c = 0; c < v; ++c)
       chunks.push_back(PipelineStage::balanced(layers, c * grid.pp_size() + grid.pp_rank(), grid.pp_size() * v));
   model_ = std::make_unique<LlamaModel>(
-      cfg_.model, cfg_.model_dtype(), Device::cpu(), chunks,
+      cfg_.model, cfg_.model_dtype(), device_, chunks,
       TensorParallel{grid.tp_size() > 1 ? &grid.tp() : nullptr, cfg_.sequence_parallel});
   model_->set_recompute_full(cfg_.recompute_granularity == "full");
   model_->set_recompute_selective(cfg_.recompute_granularity == "selective");
@@ -125,7 +156,7 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
   ParameterStore& ps = model_->params();
   // The initial values in fp32: straight into the model's own buffer when it
   // holds them whole in fp32, else a temporary the optimizer shards and rounds.
-  const bool in_place = ps.dtype() == DType::F32 && optimizer_->stage() < 3;
+  const bool in_place = ps.dtype() == DType::F32 && optimizer_->stage() < 3 && device_.is_cpu();
   Tensor initial = in_place ? ps.values() : Tensor::zeros({ps.padded_numel()}, DType::F32, MemoryCategory::Workspace);
   if (!cfg_.load.empty()) {
     load_checkpoint(cfg_.load, initial, true);
@@ -178,9 +209,21 @@ Trainer::Trainer(const TrainConfig& cfg, ProcessGrid& grid)
                 static_cast<long long>(cfg_.zero_stage));
   }
   if (cfg_.bf16 || cfg_.fp16)
-    std::printf("mixed precision: %s weights, gradients and activations (emulated on the CPU: fp32 arithmetic, "
-                "rounded on store), fp32 master weights, Adam state and gradient reduction%s\n",
-                cfg_.bf16 ? "bf16" : "fp16", cfg_.fp16 ? ", dynamic loss scaling" : "");
+    std::printf("mixed precision: %s weights, gradients and activations (%s), fp32 master weights, Adam state and "
+                "gradient reduction%s\n", cfg_.bf16 ? "bf16" : "fp16",
+                device_.is_cpu() ? "emulated on the CPU: fp32 arithmetic, rounded on store"
+                                 : "tensor-core GEMMs and attention with fp32 accumulation",
+                cfg_.fp16 ? ", dynamic loss scaling" : "");
+#ifdef LLM_WITH_CUDA
+  if (!device_.is_cpu()) {
+    const cuda::DeviceInfo info = cuda::device_info(device_.index);
+    if (cfg_.peak_tflops <= 0) cfg_.peak_tflops = known_peak_tflops(info.name);
+    std::printf("device: %s = %s (%d SMs, %.1f GiB)%s\n", device_.str().c_str(), info.name.c_str(), info.sm_count,
+                info.total_memory / 1073741824.0,
+                cfg_.peak_tflops > 0 ? (", MFU against " + std::to_string(static_cast<int>(cfg_.peak_tflops)) +
+                                        " TFLOP/s dense bf16").c_str() : "");
+  }
+#endif
   std::fflush(stdout);
 }
 
@@ -199,6 +242,10 @@ void Trainer::load_checkpoint(const std::string& path, Tensor& values, bool resu
   load_parameters(ck, ps, values);
   {  // the whole state, of which the optimizer keeps its own slices
     AdamW full(ps, cfg_.adam);
+    if (!device_.is_cpu()) {  // the files are read into host memory, then copied over
+      full.exp_avg() = Tensor::zeros(full.exp_avg().shape(), full.exp_avg().dtype(), MemoryCategory::Workspace);
+      full.exp_avg_sq() = Tensor::zeros(full.exp_avg_sq().shape(), full.exp_avg_sq().dtype(), MemoryCategory::Workspace);
+    }
     load_optimizer_state(ck, full);
     optimizer_->load_state(full);
   }
@@ -433,10 +480,8 @@ EvalResult Trainer::evaluate_share(int64_t first, int64_t count, int64_t batches
     for (int64_t i = 0; i < micro; ++i)  // padding rows repeat a counted window (ignored below)
       eval_windows_->fill(n > 0 ? first + m * micro + std::min(i, n - 1) : 0, 1, buf.data() + i * (S + 1));
     MicrobatchContext& ctx = ctxs[static_cast<size_t>(m * chunks + chunk)];
-    model_->set_batch(ctx, buf.data(), micro, S);
+    model_->set_batch(ctx, buf.data(), micro, S, n);  // padding rows: ignored
     ctx.chunk = chunk;
-    int32_t* targets = ctx.targets.data<int32_t>();
-    for (int64_t i = n * S; i < micro * S; ++i) targets[i] = -1;  // padding rows: ignored
     ctx.input_hidden = input;
     sum += model_->forward(ctx);
     r.tokens += ctx.num_targets;
@@ -576,6 +621,11 @@ void Trainer::save(int64_t iteration) {
   // it is sharded): the fp32 master weights and Adam's moments; dp rank 0 writes.
   p.values = optimizer_->gather_master_values();
   p.state = optimizer_->gather_state();
+  if (!device_.is_cpu()) {  // the writer reads host memory
+    p.values = p.values.clone_to(Device::cpu(), MemoryCategory::Communication);
+    p.state->exp_avg() = p.state->exp_avg().clone_to(Device::cpu(), MemoryCategory::Communication);
+    p.state->exp_avg_sq() = p.state->exp_avg_sq().clone_to(Device::cpu(), MemoryCategory::Communication);
+  }
   if (grid_.tp_size() > 1) check_replicated_parameters_agree(p.values);
   const bool writer = dp_.rank() == 0;
   std::vector<std::string> skip;

@@ -117,6 +117,7 @@ class Trainer {
   void load_checkpoint(const std::string& path, Tensor& values, bool resume);
   TrainConfig cfg_;
   ProcessGrid& grid_;
+  Device device_;  // where the model, its gradients and the optimizer state live
   Communicator& dp_;
   Communicator& pp_;
   std::unique_ptr<data::TokenDataset> train_data_, valid_data_;

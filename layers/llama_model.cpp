@@ -128,7 +128,8 @@ void LlamaModel::set_recompute_selective(bool on) {
   for (auto& b : blocks_) b->set_recompute_attention_core(on);
 }
 
-void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const {
+void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq,
+                           int64_t counted) const {
   ctx = MicrobatchContext{};
   ctx.batch = batch;
   ctx.seq = seq;
@@ -140,6 +141,19 @@ void LlamaModel::set_batch(MicrobatchContext& ctx, const int32_t* windows, int64
     std::memcpy(in + b * seq, windows + b * (seq + 1), seq * sizeof(int32_t));
     std::memcpy(tg + b * seq, windows + b * (seq + 1) + 1, seq * sizeof(int32_t));
   }
+  if (counted >= 0)
+    for (int64_t i = std::min(counted, batch) * seq; i < batch * seq; ++i) tg[i] = -1;
+  ctx.host_targets = ctx.targets;
+  if (!device_.is_cpu()) {
+    ctx.inputs = to_device(ctx.inputs);
+    ctx.targets = to_device(ctx.targets);
+  }
+}
+
+Tensor LlamaModel::to_device(const Tensor& host) const {
+  Tensor t = Tensor::empty(host.shape(), host.dtype(), MemoryCategory::Activations, device_);
+  t.copy_from(host);
+  return t;
 }
 
 double LlamaModel::forward(MicrobatchContext& ctx) const {
@@ -193,7 +207,8 @@ double LlamaModel::forward(MicrobatchContext& ctx) const {
   // Sum in a fixed order in double so the reported loss does not depend on threads.
   double sum = 0.0;
   int64_t count = 0;
-  const int32_t* tg = ctx.targets.data<int32_t>();
+  const int32_t* tg = ctx.host_targets.data<int32_t>();
+  if (!device_.is_cpu()) losses = losses.clone_to(Device::cpu(), MemoryCategory::Activations);  // one copy back
   for (int64_t r = 0; r < rows; ++r) {
     if (tg[r] < 0) continue;
     sum += stats == DType::F64 ? losses.data<double>()[r] : static_cast<double>(losses.data<float>()[r]);
@@ -210,9 +225,10 @@ void LlamaModel::backward(MicrobatchContext& ctx, double dloss, const Tensor* gr
   const size_t b0 = chunk_blocks_[ctx.chunk];
   Tensor dx;
   if (chunk.last) {
-    Tensor dl = Tensor::empty({rows}, statistics_dtype(dtype_), MemoryCategory::Activations, device_);
+    Tensor dl = Tensor::empty({rows}, statistics_dtype(dtype_), MemoryCategory::Activations);
     if (dl.dtype() == DType::F64) for (int64_t r = 0; r < rows; ++r) dl.data<double>()[r] = dloss;
     else for (int64_t r = 0; r < rows; ++r) dl.data<float>()[r] = static_cast<float>(dloss);
+    if (!device_.is_cpu()) dl = to_device(dl);
     loss_->backward_inplace(ctx.logits, ctx.lse, ctx.targets, dl);
     Tensor dnormed = Tensor::zeros({rows, d}, dtype_, MemoryCategory::Activations, device_);
     acquire(head_unit_, true, norm_unit_);
@@ -268,6 +284,7 @@ std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, Decode
   const int64_t n = static_cast<int64_t>(tokens.size()), d = cfg_.hidden_size, V = cfg_.vocab_size;
   Tensor ids = Tensor::empty({n}, DType::I32, MemoryCategory::Activations);
   std::memcpy(ids.data<int32_t>(), tokens.data(), n * sizeof(int32_t));
+  if (!device_.is_cpu()) ids = to_device(ids);
   Tensor x = Tensor::empty({n, d}, dtype_, MemoryCategory::Activations, device_);
   embed_->forward(ids, x);
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->decode(x, state.caches[i]);
@@ -277,6 +294,7 @@ std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, Decode
   final_norm_->forward(last, normed, scratch);
   Tensor logits = Tensor::empty({1, V}, statistics_dtype(dtype_), MemoryCategory::Activations, device_);
   lm_head_->forward(normed, logits);
+  if (!device_.is_cpu()) logits = logits.clone_to(Device::cpu(), MemoryCategory::Activations);
   std::vector<float> out(V);
   for (int64_t v = 0; v < V; ++v)
     out[v] = logits.dtype() == DType::F64 ? static_cast<float>(logits.data<double>()[v]) : logits.data<float>()[v];

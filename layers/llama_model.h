@@ -36,7 +36,8 @@ struct PipelineStage {
 struct MicrobatchContext {
   int64_t batch = 0, seq = 0;
   int chunk = 0;  // which of the rank's model chunks (interleaved pipeline)
-  Tensor inputs, targets;  // I32 [batch·seq]
+  Tensor inputs, targets;  // I32 [batch·seq], on the model's device
+  Tensor host_targets;     // the targets on the host (the same tensor on the CPU)
   std::vector<TransformerBlock::Saved> blocks;
   std::vector<Tensor> block_inputs;  // with full recomputation: all that is kept per block
   RMSNorm::Saved final_norm;
@@ -87,7 +88,10 @@ class LlamaModel {
   void set_parameter_hooks(ParameterHooks* hooks) { hooks_ = hooks; }
 
   // windows: `batch` rows of seq+1 token ids; inputs are the first seq, targets the last seq.
-  void set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq) const;
+  // Targets of the windows from `counted` on are -1 (ignored: padding); -1: all count.
+  // On a GPU the ids are copied to the device; the host targets stay for counting.
+  void set_batch(MicrobatchContext& ctx, const int32_t* windows, int64_t batch, int64_t seq,
+                 int64_t counted = -1) const;
   // Computes the per-token losses; returns their sum (also in ctx.loss_sum).
   double forward(MicrobatchContext& ctx) const;
   // Accumulates parameter gradients of (dloss · sum of token losses).
@@ -106,6 +110,7 @@ class LlamaModel {
   std::vector<float> decode(const std::vector<int32_t>& tokens, DecodeState& state) const;
 
  private:
+  Tensor to_device(const Tensor& host) const;  // a copy on the model's device
   ModelConfig cfg_;
   std::vector<PipelineStage> chunks_;
   std::vector<size_t> chunk_blocks_;  // chunk c's blocks: [chunk_blocks_[c], chunk_blocks_[c + 1])

@@ -28,10 +28,8 @@ Tensor TransformerBlock::forward(const Tensor& x, int64_t batch, int64_t seq, Sa
     Tensor partial = zeros_like_rows(x, rows);
     attn_.forward(tp_.gather(n1), batch, seq, partial, saved.attn);
     saved.attn.x = n1;  // with SP only this rank's rows are kept; backward gathers them again
-    Tensor h = x.clone(MemoryCategory::Activations);
-    ops::add_(h, tp_.reduce(partial));
-    Tensor n2 = like(h);
-    norm2_.forward(h, n2, saved.norm2);
+    Tensor n2 = like(x);
+    const Tensor h = norm2_.forward_add(x, tp_.reduce(partial), n2, saved.norm2);  // h = x + attention
     Tensor partial2 = zeros_like_rows(h, rows);
     mlp_.forward(tp_.gather(n2), partial2, saved.mlp);
     saved.mlp.x = n2;

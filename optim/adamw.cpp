@@ -44,12 +44,14 @@ const ParameterStore& AdamW::params() const {
 
 void AdamW::step(double lr, double grad_scale) {
   ++step_;
-  for (auto& s : segments_) {
-    Tensor m = exp_avg_.flat_view(s.state_offset, {s.param.numel()});
-    Tensor v = exp_avg_sq_.flat_view(s.state_offset, {s.param.numel()});
-    ops::adamw_step(s.param, s.grad, m, v,
-                    {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0, step_, grad_scale});
-  }
+  // Every segment in one call: one launch of the multi-tensor kernel on a GPU.
+  std::vector<ops::AdamWSegmentTensors> segs;
+  segs.reserve(segments_.size());
+  for (auto& s : segments_)
+    segs.push_back({s.param, s.grad, exp_avg_.flat_view(s.state_offset, {s.param.numel()}),
+                    exp_avg_sq_.flat_view(s.state_offset, {s.param.numel()}), s.model_copy,
+                    s.decay ? cfg_.weight_decay : 0.0});
+  ops::adamw_multi_step(segs, {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, 0.0, step_, grad_scale});
 }
 
 double global_grad_norm(const ParameterStore& params) { return norm_of_sums(grad_sums_of_squares(params)); }

@@ -21,6 +21,7 @@ struct AdamWSegment {
   Tensor param, grad;
   int64_t state_offset = 0;
   bool decay = true;
+  Tensor model_copy;  // optional: a 16-bit copy of param, rewritten in the update's pass
 };
 
 class AdamW {

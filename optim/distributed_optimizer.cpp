@@ -71,7 +71,9 @@ DistributedOptimizer::DistributedOptimizer(LlamaModel& model, Communicator& dp, 
   std::vector<AdamWSegment> segments;
   for (const Piece& p : pieces_) {
     Tensor param = master_.defined() ? master_.flat_view(p.shard, {p.numel}) : value_of(p);
-    segments.push_back({param, grad_of(p), p.state, store_.infos()[p.param].weight_decay});
+    // 16-bit models: the update writes the rounded copy the model computes with in the same pass.
+    segments.push_back({param, grad_of(p), p.state, store_.infos()[p.param].weight_decay,
+                        master_.defined() ? value_of(p) : Tensor()});
   }
   adam_ = std::make_unique<AdamW>(cfg_.adam, std::move(segments), owned_, master_dtype_, dev);
   model_.set_parameter_hooks(this);
@@ -243,18 +245,21 @@ void DistributedOptimizer::all_reduce_grads(const std::function<bool(const Param
 std::vector<double> DistributedOptimizer::grad_sums_of_squares() {
   const size_t n = store_.infos().size();
   Tensor sums = Tensor::zeros({static_cast<int64_t>(n)}, DType::F64, MemoryCategory::Communication);
-  for (const Piece& p : pieces_) sums.data<double>()[p.param] += ops::sum_of_squares(grad_of(p));
+  std::vector<Tensor> grads;  // one launch and one copy back on a GPU
+  for (const Piece& p : pieces_) grads.push_back(grad_of(p));
+  const std::vector<double> piece_sums = ops::sums_of_squares(grads);
+  for (size_t i = 0; i < pieces_.size(); ++i) sums.data<double>()[pieces_[i].param] += piece_sums[i];
   if (shards_ > 1) dp_.all_reduce(sums, ReduceOp::Sum);
   return std::vector<double>(sums.data<double>(), sums.data<double>() + n);
 }
 
 void DistributedOptimizer::step(double lr, double grad_scale) {
-  adam_->step(lr, grad_scale);
-  publish_values();
+  adam_->step(lr, grad_scale);  // also rounds the master weights into the model's 16-bit values
+  publish_values(/*rounded=*/true);
 }
 
-void DistributedOptimizer::publish_values() {
-  if (master_.defined())  // the model computes with the rounded master weights
+void DistributedOptimizer::publish_values(bool rounded) {
+  if (master_.defined() && !rounded)  // the model computes with the rounded master weights
     for (const Piece& p : pieces_) value_of(p).convert_from(master_.flat_view(p.shard, {p.numel}));
   if (stage_ == 1 || stage_ == 2) {  // everyone's updated slices to everyone, in place
     std::vector<CommHandlePtr> handles;

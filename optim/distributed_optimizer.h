@@ -126,7 +126,8 @@ class DistributedOptimizer : public ParameterHooks {
   Tensor grad_of(const Piece& p) const;   // the summed gradient this rank owns
   Tensor value_of(const Piece& p) const;  // the model's (possibly 16-bit) value
   void start_gather(size_t b);
-  void publish_values();  // master → model values (rounded); stages 1-2: slices all-gathered
+  // master → model values (rounded, unless the update already did: rounded); stages 1-2: slices all-gathered
+  void publish_values(bool rounded = false);
   void launch_reduction(size_t b);
   void complete_reduction(size_t b);
   void poll();

@@ -2,6 +2,12 @@
 // groups built from it with MPI_Comm_split.
 #include "parallel/process_grid.h"
 
+#include "parallel/local_communicator.h"
+#include "parallel/routed_communicator.h"
+#ifdef LLM_WITH_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -107,6 +113,32 @@ ProcessGrid::ProcessGrid(const ParallelLayout& layout, MPI_Comm world) : layout_
   pp_ = make(GroupKind::PP);
   dp_ = make(GroupKind::DP);
   embedding_ = make(GroupKind::Embedding);
+}
+
+ProcessGrid::ProcessGrid(const ParallelLayout& layout, Local) : layout_(layout), local_(true) {
+  if (layout.world() != 1)
+    throw std::invalid_argument("parallel layout " + layout.str() + " needs " + std::to_string(layout.world()) +
+                                " ranks: launch with mpirun -n " + std::to_string(layout.world()));
+  world_ = std::make_unique<LocalCommunicator>("world");
+  tp_ = std::make_unique<LocalCommunicator>("tp");
+  pp_ = std::make_unique<LocalCommunicator>("pp");
+  dp_ = std::make_unique<LocalCommunicator>("dp");
+  embedding_ = std::make_unique<LocalCommunicator>("embedding");
+}
+
+void ProcessGrid::enable_gpu(int device) {
+  if (local_) return;
+#ifdef LLM_WITH_NCCL
+  // Every rank creates the groups in the same order (NCCL's init is collective).
+  for (auto* c : {&world_, &tp_, &pp_, &dp_, &embedding_}) {
+    auto nccl = NcclCommunicator::create(**c, (*c)->name(), device);
+    *c = std::make_unique<RoutedCommunicator>(std::move(*c), std::move(nccl));
+  }
+#else
+  (void)device;
+  throw std::invalid_argument("GPU training on " + std::to_string(world_size()) +
+                              " ranks needs the NCCL communicator: rebuild with -DLLM_WITH_NCCL=ON");
+#endif
 }
 
 Communicator& ProcessGrid::group(GroupKind g) const {

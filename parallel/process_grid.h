@@ -47,6 +47,10 @@ class ProcessGrid {
   // Collective over `world`; throws std::invalid_argument (on every rank)
   // when the layout does not cover exactly the world's ranks.
   explicit ProcessGrid(const ParallelLayout& layout, MPI_Comm world = MPI_COMM_WORLD);
+  // One process started without a launcher: every group is a LocalCommunicator
+  // and MPI is never touched (layout must be 1·1·1).
+  struct Local {};
+  ProcessGrid(const ParallelLayout& layout, Local);
   ProcessGrid(const ProcessGrid&) = delete;
   ProcessGrid& operator=(const ProcessGrid&) = delete;
 
@@ -78,12 +82,18 @@ class ProcessGrid {
   // "world 8 = tp2·pp2·dp2; rank 5: tp 1, dp 0, pp 1 (last stage)"
   std::string describe() const;
   void reset_counters();
+  // Tensors on the GPU `device` travel over NCCL from now on (one NCCL
+  // communicator per group, its id sent over the group's MPI communicator);
+  // host tensors stay on MPI. Collective over the world. A local grid needs
+  // nothing: its groups of one copy on any device.
+  void enable_gpu(int device);
 
  private:
   ParallelLayout layout_;
   int rank_ = 0;
   GridCoord coord_;
-  std::unique_ptr<MpiCommunicator> world_, tp_, pp_, dp_, embedding_;
+  std::unique_ptr<Communicator> world_, tp_, pp_, dp_, embedding_;
+  bool local_ = false;
 };
 
 // Bytes this rank sent per group and operation (groups and ops with none are

@@ -21,6 +21,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "core/random.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 
@@ -84,6 +85,8 @@ struct Options {
   double character_coverage = 0.9995;
   int64_t train_sentences = 2'000'000;
   bool verbose = false;
+  int64_t random_tokens = 0;  // > 0: write this many uniform random ids instead (benchmarks)
+  uint64_t seed = 1234;
 };
 
 struct InputFile {
@@ -326,7 +329,11 @@ Options parse(int argc, char** argv, bool& help) {
      "tokenizer training: share of characters covered by pieces; the rest use byte fallback")
     ("train-sentences", po::value<int64_t>(&o.train_sentences)->default_value(2'000'000),
      "tokenizer training: at most this many lines, sampled from the inputs (0 = all)")
-    ("verbose", po::bool_switch(&o.verbose), "show SentencePiece's training log");
+    ("verbose", po::bool_switch(&o.verbose), "show SentencePiece's training log")
+    ("random-tokens", po::value<int64_t>(&o.random_tokens)->default_value(0),
+     "instead of tokenizing: write N uniformly random ids below --vocab-size (no --input or tokenizer; like "
+     "Megatron's --mock-data, for throughput benchmarks)")
+    ("seed", po::value<uint64_t>(&o.seed)->default_value(1234), "seed of --random-tokens");
   // clang-format on
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -336,6 +343,14 @@ Options parse(int argc, char** argv, bool& help) {
     return o;
   }
   po::notify(vm);
+  if (o.random_tokens < 0) throw UsageError("--random-tokens must be >= 0");
+  if (o.random_tokens > 0) {
+    if (o.output_prefix.empty()) throw UsageError("the option '--output-prefix' is required but missing");
+    if (o.vocab_size < 2) throw UsageError("--random-tokens needs --vocab-size (at least 2)");
+    if (!o.inputs.empty() || !o.tokenizer_model.empty())
+      throw UsageError("--random-tokens writes random ids: drop --input and --tokenizer-model");
+    return o;
+  }
   if (o.inputs.empty()) throw UsageError("the option '--input' is required but missing");
   if (o.tokenizer_model.empty())
     throw UsageError("the option '--tokenizer-model' is required but missing");
@@ -357,7 +372,26 @@ Options parse(int argc, char** argv, bool& help) {
   return o;
 }
 
+// --random-tokens: ids from the counter-based generator (seed, index), one document.
+int write_random_tokens(const Options& o) {
+  TokenFileWriter writer(o.output_prefix, o.vocab_size);
+  std::vector<int32_t> ids;
+  for (int64_t i = 0; i < o.random_tokens; i += 4) {
+    uint32_t r[4];
+    llm::Philox4x32::generate(o.seed, static_cast<uint64_t>(i / 4), 0, r);
+    for (int64_t k = 0; k < 4 && i + k < o.random_tokens; ++k)
+      ids.push_back(static_cast<int32_t>(r[k] % static_cast<uint64_t>(o.vocab_size)));
+  }
+  writer.add_document(ids);
+  writer.finish();
+  std::fprintf(stderr, "%s: wrote %lld random tokens (vocab %lld) to %s\n", kProg,
+               static_cast<long long>(o.random_tokens), static_cast<long long>(o.vocab_size),
+               writer.bin_path().c_str());
+  return 0;
+}
+
 int run(const Options& o) {
+  if (o.random_tokens > 0) return write_random_tokens(o);
   const auto t0 = std::chrono::steady_clock::now();
   std::error_code ec;
   const bool have_model = fs::exists(o.tokenizer_model, ec);

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <memory>
 
 #include "data/tokenizer.h"
 #include "launch/train_config.h"
@@ -45,8 +46,11 @@ int main(int argc, char** argv) {
   // Only rank 0 logs; errors still reach stderr from the rank that found them.
   if (env.rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) std::perror("llm-train: stdout");
   try {
-    llm::ProcessGrid grid(llm::make_layout(env.world_size(), static_cast<int>(cfg.tensor_parallel),
-                                           static_cast<int>(cfg.pipeline_parallel)));
+    const llm::ParallelLayout layout = llm::make_layout(env.world_size(), static_cast<int>(cfg.tensor_parallel),
+                                                        static_cast<int>(cfg.pipeline_parallel));
+    auto grid_ptr = env.uses_mpi() ? std::make_unique<llm::ProcessGrid>(layout)
+                                   : std::make_unique<llm::ProcessGrid>(layout, llm::ProcessGrid::Local{});
+    llm::ProcessGrid& grid = *grid_ptr;
     llm::Trainer trainer(cfg, grid);
     const int rc = trainer.run();
     if (grid.world_size() > 1) std::printf("%s: %s\n", grid.describe().c_str(), llm::comm_report(grid).c_str());
