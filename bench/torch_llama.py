@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch (CPU, fp32) reference for bench/train_throughput.sh.
+"""PyTorch reference for bench/train_throughput.sh (CPU, fp32) and scripts/gpu_check.sh (GPU, bf16).
 
 A compact LLaMA with the structure of Hugging Face's LlamaForCausalLM
 (DESIGN.md section 3): token embedding -> L x [RMSNorm -> attention (separate
@@ -14,6 +14,11 @@ starting with "RESULT " follows.
 
 Run with the Debian system python (python3-torch):
     /usr/bin/python3 bench/torch_llama.py --threads 2 --iters 20
+On a GPU, the strongest plain-PyTorch recipe: bf16 autocast over fp32 weights
+(PyTorch's AMP: fp32 master weights like llm-train --bf16), SDPA attention
+(flash kernels; grouped-query without copies where PyTorch has enable_gqa),
+fused AdamW and torch.compile:
+    python3 bench/torch_llama.py --device cuda --bf16 --compile --fused-adamw ...
 """
 import argparse
 import json
@@ -78,6 +83,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h * self.hd, d, bias=False)
         self.rotary = rotary
         self.sdpa = getattr(F, "scaled_dot_product_attention", None)
+        # PyTorch >= 2.5 shares key/value heads inside SDPA (no repeat_interleave copies).
+        self.gqa = self.sdpa is not None and "enable_gqa" in (getattr(self.sdpa, "__doc__", "") or "")
 
     def forward(self, x, causal_mask):
         b, s, _ = x.shape
@@ -85,6 +92,9 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, s, self.g, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.g, self.hd).transpose(1, 2)
         q, k = self.rotary(q, k)
+        if self.sdpa is not None and self.g != self.h and self.gqa:
+            o = self.sdpa(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o_proj(o.transpose(1, 2).reshape(b, s, -1))
         if self.g != self.h:
             rep = self.h // self.g
             k = k.repeat_interleave(rep, dim=1)
@@ -184,6 +194,10 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", action="store_true", help="also print a 'RESULT {json}' line")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast over fp32 weights (PyTorch AMP)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) (GPU)")
     cfg = ap.parse_args()
     cfg.groups = cfg.groups or cfg.heads
     if cfg.threads < 1 or cfg.iters < 1 or cfg.warmup < 0:
@@ -196,24 +210,31 @@ def main():
         pass
     torch.manual_seed(cfg.seed)
 
-    model = Llama(cfg)
+    dev = torch.device(cfg.device)
+    model = Llama(cfg).to(dev)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices (embedding included)
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
     try:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
-        impl = "foreach"
+        if cfg.fused_adamw:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+            impl = "fused"
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+            impl = "foreach"
     except TypeError:  # older PyTorch
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
         impl = "for-loop"
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     tokens_per_iter = cfg.micro_batch * cfg.seq
+    fwd = torch.compile(model) if cfg.compile else model
 
     def step():
-        batch = torch.randint(0, cfg.vocab, (cfg.micro_batch, cfg.seq + 1), generator=gen)
-        loss = model(batch[:, :-1], batch[:, 1:])
+        batch = torch.randint(0, cfg.vocab, (cfg.micro_batch, cfg.seq + 1), generator=gen, device=dev)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = fwd(batch[:, :-1], batch[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -257,6 +278,9 @@ def main():
         "adamw": impl,
         "blas": blas or "unknown",
         "final_loss": loss,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "bf16": cfg.bf16,
+        "compiled": cfg.compile,
     }
     print("torch %s, %d threads, %s, %s attention, %s AdamW, %d params: %d timed iters, median %.1f ms/iter, "
           "%.0f tokens/s (mean %.0f), %.2f GFLOP/s, loss %.3f" %

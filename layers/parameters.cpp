@@ -133,11 +133,16 @@ static void fill(T* dst, const ParameterInfo& p, uint64_t seed) {
 void ParameterStore::initialize(uint64_t seed) {
   if (buckets_.empty()) allocate();
   if (!values_.defined()) throw std::logic_error("initialize: the values are sharded (ZeRO-3): use initialize_into");
-  initialize_into(values_, seed);
+  if (values_.device().is_cpu() && (dtype_ == DType::F32 || dtype_ == DType::F64)) return initialize_into(values_, seed);
+  // 16-bit or GPU values: generated in fp32 (or fp64) on the host, then rounded/copied over.
+  Tensor host = Tensor::zeros({padded_total_}, dtype_ == DType::F64 ? DType::F64 : DType::F32, MemoryCategory::Workspace);
+  initialize_into(host, seed);
+  values_.convert_from(host);
 }
 
 void ParameterStore::initialize_into(Tensor& flat, uint64_t seed) const {
-  if (!flat.device().is_cpu()) throw std::logic_error("initialize: CPU only until the CUDA backend");
+  if (!flat.device().is_cpu())
+    throw std::logic_error("initialize_into: host values only (generate on the host, then copy to the GPU)");
   if (flat.numel() != padded_total_) throw std::logic_error("initialize_into: " + flat.str() + " is not laid out like the parameters");
   for (const auto& p : infos_) {
     if (flat.dtype() == DType::F32) fill(flat.data<float>() + p.offset, p, seed);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The GPU check (DESIGN.md section 6), one prepared script for a GPU machine:
+#   1. the `gpu` tests (each kernel, the whole model and 50 training steps
+#      against the CPU reference; NCCL on one rank),
+#   2. the kernel benchmarks (GEMM TFLOP/s, fused kernels' GB/s, attention),
+#   3. llm-train --device cuda --bf16 on a ~125M and a ~1B LLaMA, and the same
+#      models in PyTorch on the same GPU (bf16 autocast, SDPA, fused AdamW,
+#      torch.compile), printing tokens/s, MFU against the GPU's dense bf16 peak,
+#      and the ratio, as a table at the end.
+# Binaries: gpu-bundle/ (scripts/gpu_bundle.sh packs them where MPI, Boost and
+# the rest are installed), else build/bin. Everything it writes goes to
+# $OUT (default /tmp/gpu_check): gpu_check.log, the metrics files, summary.txt.
+# Budget: about 6-8 minutes on an H100.
+#   scripts/gpu_check.sh [--quick]     (--quick: tests and the 125M model only)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+SUMMARY=$OUT/summary.txt
+QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+: >"$SUMMARY"
+say() { echo "$*" | tee -a "$LOG"; }
+row() { echo "$*" | tee -a "$SUMMARY" >>"$LOG"; }
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+
+# ---- binaries and the libraries they need --------------------------------
+if [ -x gpu-bundle/bin/llm-train ]; then BIN=$ROOT/gpu-bundle/bin; LIB=$ROOT/gpu-bundle/lib
+else BIN=$ROOT/build/bin; LIB=""; fi
+libdirs=("$LIB" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+PY=${PYTHON:-python3}
+# NCCL, cuDNN and cuBLAS from PyTorch's wheels when the toolkit lacks them.
+site=$($PY -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+for s in $site; do for d in "$s"/nvidia/*/lib; do [ -d "$d" ] && libdirs+=("$d"); done; done
+export LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}"):${LD_LIBRARY_PATH:-}
+say "== gpu_check $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+(nvcc --version 2>/dev/null | tail -1; $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1) | tee -a "$LOG"
+missing=$(ldd "$BIN/llm-train" | grep "not found" || true)
+if [ -n "$missing" ]; then
+  say "gpu_check: $BIN/llm-train cannot start, libraries not found:"; say "$missing"
+  say "run scripts/gpu_bundle.sh on the build machine and carry gpu-bundle/"; exit 1
+fi
+
+# ---- 1. gpu tests -----------------------------------------------------------
+fails=0
+for t in $(for f in tests/gpu/*_test.cpp; do basename "$f" .cpp; done); do
+  if [ ! -x "$BIN/$t" ]; then row "test   $t: MISSING"; fails=$((fails + 1)); continue; fi
+  if timeout 240 "$BIN/$t" --gtest_brief=1 >"$OUT/$t.log" 2>&1; then
+    row "test   $t: passed ($(grep -c '^\[       OK' "$OUT/$t.log" || true) ok)"
+  else
+    row "test   $t: FAILED (rc $?)"; fails=$((fails + 1))
+    grep -E "Failure|FAILED|error|Expected|Which is|actual" "$OUT/$t.log" | head -40 >>"$LOG"
+  fi
+done
+say "tests done at $(elapsed) s"
+
+# ---- 2. kernel benchmarks ----------------------------------------------------
+for b in llm-bench-gpu-gemm llm-bench-gpu-kernels llm-bench-gpu-attention; do
+  [ -x "$BIN/$b" ] || { say "bench $b missing"; continue; }
+  timeout 90 "$BIN/$b" >"$OUT/$b.log" 2>&1 || say "bench $b: rc $?"
+  cat "$OUT/$b.log" >>"$LOG"
+done
+say "benchmarks done at $(elapsed) s"
+
+# ---- 3. training: llm-train against PyTorch ---------------------------------
+DATA=/tmp/gpu_check_data/rand
+mkdir -p /tmp/gpu_check_data
+"$BIN/llm-prepare-data" --random-tokens 40000000 --vocab-size 32000 --output-prefix "$DATA" >>"$LOG" 2>&1
+
+median_tps() {  # median tokens_per_sec of the logged iterations after the first two logs
+  $PY - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_sec"' in l]
+v = [r["tokens_per_sec"] for r in rows[2:]] or [r["tokens_per_sec"] for r in rows]
+print(statistics.median(v) if v else 0)
+PY
+}
+
+# name layers hidden heads groups ffn seq micro iters
+train_pair() {
+  local name=$1 L=$2 H=$3 NH=$4 G=$5 F=$6 S=$7 MB=$8 IT=$9
+  local metrics=$OUT/metrics_$name.jsonl
+  rm -f "$metrics"
+  timeout 300 "$BIN/llm-train" --device cuda --bf16 --data-path "$DATA" --vocab-size 32000 \
+    --num-layers "$L" --hidden-size "$H" --num-attention-heads "$NH" --num-query-groups "$G" \
+    --ffn-hidden-size "$F" --seq-length "$S" --micro-batch-size "$MB" --global-batch-size "$MB" \
+    --train-iters "$IT" --lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 5 --log-interval 2 --eval-interval 100000 \
+    --eval-iters 1 --metrics-file "$metrics" >"$OUT/train_$name.log" 2>&1
+  local rc=$?
+  tail -3 "$OUT/train_$name.log" >>"$LOG"
+  local ours=0; [ $rc -eq 0 ] && ours=$(median_tps "$metrics")
+  local torch_json
+  torch_json=$(timeout 300 $PY bench/torch_llama.py --device cuda --bf16 --compile --fused-adamw --json \
+    --layers "$L" --hidden "$H" --heads "$NH" --groups "$G" --ffn "$F" --vocab 32000 --seq "$S" \
+    --micro-batch "$MB" --iters 15 --warmup 5 2>>"$OUT/torch_$name.log" | grep '^RESULT ' | cut -c8-)
+  $PY - "$name" "$rc" "$ours" "${torch_json:-{\}}" "$L" "$H" "$NH" "$G" "$F" "$S" <<'PY' | tee -a "$SUMMARY" >>"$LOG"
+import json, sys
+name, rc, ours, tj = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4] or "{}")
+L, H, NH, G, F, S = map(int, sys.argv[5:11])
+V, hd = 32000, H // NH
+matmul = L * (H * (NH * hd + 2 * G * hd) + NH * hd * H + 3 * H * F) + V * H
+fpt = 6 * matmul + 12 * L * H * S        # PaLM's model FLOPs per token, as llm-train counts
+peak = 989e12                             # H100 SXM dense bf16
+theirs = tj.get("tokens_per_sec_median", 0.0)
+mfu = lambda tps: 100.0 * tps * fpt / peak
+ratio = ours / theirs if theirs else float("nan")
+print(f"train  {name:5s} {matmul/1e6:7.0f}M matmul params  llm-train {ours:9.0f} tok/s MFU {mfu(ours):5.1f}%"
+      f"{'' if rc == 0 else f' (rc {rc})'}  |  PyTorch {theirs:9.0f} tok/s MFU {mfu(theirs):5.1f}%  |  ratio {ratio:.2f}")
+PY
+  say "$name done at $(elapsed) s"
+}
+train_pair 125m 12 768 12 12 2048 1024 16 30
+[ $QUICK -eq 0 ] && train_pair 1b 16 2048 16 8 5632 2048 4 20
+
+echo; echo "== gpu_check summary ($(elapsed) s)"; cat "$SUMMARY"
+[ $fails -eq 0 ]
