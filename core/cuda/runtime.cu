@@ -77,7 +77,12 @@ void synchronize() { LLM_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
 
 Stream::Stream() { LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
 Stream::~Stream() {
-  if (stream_) cudaStreamDestroy(stream_);
+  // Finish its work first: the caching allocator keys cached blocks by stream handle,
+  // and a stream created later may get the same handle.
+  if (stream_) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
 }
 
 Event::Event(bool timing) {
