@@ -7,10 +7,33 @@
 
 #ifdef LLM_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "core/cuda/cuda_ops.h"
+#include "core/cuda/runtime.h"
 #endif
 
 namespace llm {
 namespace {
+
+#ifdef LLM_WITH_CUDA
+// Makes a tensor's GPU current for the scope: the copy or memset then runs on that
+// device's current stream.
+class CudaDeviceGuard {
+ public:
+  explicit CudaDeviceGuard(int device) : prev_(cuda::current_device()) {
+    if (prev_ != device) LLM_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~CudaDeviceGuard() {
+    int now = prev_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+ private:
+  int prev_;
+};
+#endif
 
 // d rounded to float by round-to-odd (truncate, then set the last bit if inexact).
 // Rounding that float to BF16 or F16 (13 or more bits fewer) to nearest even gives
@@ -147,7 +170,8 @@ void Tensor::zero_() {
     std::memset(raw(), 0, nbytes());
   } else {
 #ifdef LLM_WITH_CUDA
-    cudaMemset(raw(), 0, nbytes());
+    CudaDeviceGuard guard(device().index);
+    LLM_CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), cuda::current_stream()));
 #endif
   }
 }
@@ -160,7 +184,25 @@ void Tensor::copy_from(const Tensor& src) {
     std::memmove(raw(), src.raw(), nbytes());
   } else {
 #ifdef LLM_WITH_CUDA
-    cudaMemcpy(raw(), src.raw(), nbytes(), cudaMemcpyDefault);
+    const Device dd = device(), sd = src.device();
+    if (dd == sd) {
+      if (raw() == src.raw()) return;
+      const char *s0 = static_cast<const char*>(src.raw()), *d0 = static_cast<const char*>(raw());
+      if (s0 < d0 + nbytes() && d0 < s0 + nbytes()) {  // cudaMemcpy does not allow overlap; memmove does
+        copy_from(src.clone(MemoryCategory::Workspace));
+        return;
+      }
+    }
+    // Another GPU's data: let the work queued on its stream finish before reading it.
+    if (!dd.is_cpu() && !sd.is_cpu() && dd != sd) {
+      CudaDeviceGuard guard(sd.index);
+      cuda::synchronize();
+    }
+    CudaDeviceGuard guard(dd.is_cpu() ? sd.index : dd.index);
+    const cudaStream_t stream = cuda::current_stream();
+    LLM_CUDA_CHECK(cudaMemcpyAsync(raw(), src.raw(), nbytes(), cudaMemcpyDefault, stream));
+    // Host memory (or another GPU's block) is valid and reusable once this returns.
+    if (dd != sd) LLM_CUDA_CHECK(cudaStreamSynchronize(stream));
 #else
     throw std::runtime_error("copy between devices needs a CUDA build");
 #endif
@@ -173,13 +215,34 @@ Tensor Tensor::clone(MemoryCategory category) const {
   return t;
 }
 
+Tensor Tensor::clone_to(Device device, MemoryCategory category) const {
+  Tensor t = empty(shape_, dtype_, category, device);
+  t.copy_from(*this);
+  return t;
+}
+
 void Tensor::convert_from(const Tensor& src) {
   if (src.dtype() == dtype_) return copy_from(src);
   if (src.numel() != numel())
     throw std::invalid_argument("convert_from: " + src.str() + " into " + str() + ": element count differs");
-  if (!device().is_cpu() || !src.device().is_cpu())
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+#ifdef LLM_WITH_CUDA
+    if (device() == src.device()) return ops::cuda::convert(src, *this);  // checks dtypes and overlap
+    if (!device().is_cpu() && src.dtype() == DType::F64) {
+      // The GPU kernel has no F64: round on the host, then copy.
+      Tensor rounded = empty(src.shape(), dtype_, MemoryCategory::Workspace, src.device());
+      rounded.convert_from(src);
+      return copy_from(rounded);
+    }
+    // Stage the source on this tensor's device, then convert there.
+    Tensor staged = empty(src.shape(), src.dtype(), MemoryCategory::Workspace, device());
+    staged.copy_from(src);
+    return convert_from(staged);
+#else
     throw std::invalid_argument("convert_from: " + src.str() + " into " + str() +
                                 ": dtype conversion runs on the CPU only");
+#endif
+  }
   const char* s0 = static_cast<const char*>(src.raw());
   const char* d0 = static_cast<const char*>(raw());
   if (nbytes() && src.nbytes() && s0 < d0 + nbytes() && d0 < s0 + src.nbytes())
