@@ -97,6 +97,11 @@ static Device resolve_device(const std::string& want) {
 // The device, and on GPUs the grid's NCCL groups (before anyone holds a reference to a group).
 static Device prepare_device(const std::string& want, ProcessGrid& grid) {
   const Device d = resolve_device(want);
+  if (!d.is_cpu() && grid.pp_size() > 1)
+    throw std::invalid_argument("--pipeline-model-parallel-size " + std::to_string(grid.pp_size()) +
+                                " with --device cuda: the pipeline's point-to-point transfers over NCCL are not "
+                                "paired yet (two stages sending at once would deadlock); use tensor and data "
+                                "parallelism on GPUs for now, or --device cpu");
   if (!d.is_cpu()) grid.enable_gpu(d.index);
   return d;
 }

@@ -91,7 +91,9 @@ void compare_with_cpu(DType gpu_dtype, double loss_tol, double grad_tol) {
   }
 }
 
-// Trains `steps` iterations on a fixed set of 4 batches; returns the losses.
+// Trains `steps` iterations, each on fresh random windows over 64 of the 512 ids
+// (no batch repeats: the model learns the distribution, ln 64 ≈ 4.16 at best,
+// rather than memorising batches); returns the losses.
 std::vector<double> train(Device device, DType dtype, int steps) {
   LlamaModel model(small_config(), dtype, device);
   LocalCommunicator dp("dp");
@@ -102,14 +104,13 @@ std::vector<double> train(Device device, DType dtype, int steps) {
     opt.set_values(initial);
   }
   const int64_t batch = 4, seq = model.config().seq_length;
-  std::vector<std::vector<int32_t>> batches;
-  for (uint32_t b = 0; b < 4; ++b) batches.push_back(random_windows(batch, seq, 64, 100 + b));  // 64 ids: learnable
   std::vector<double> losses;
   for (int it = 0; it < steps; ++it) {
     opt.begin_step();
     opt.set_last_microbatch(true);
     MicrobatchContext ctx;
-    model.set_batch(ctx, batches[it % 4].data(), batch, seq);
+    const auto windows = random_windows(batch, seq, 64, 100 + static_cast<uint32_t>(it));
+    model.set_batch(ctx, windows.data(), batch, seq);
     const double sum = model.forward(ctx);
     losses.push_back(sum / static_cast<double>(ctx.num_targets));
     model.backward(ctx, 1.0 / static_cast<double>(ctx.num_targets));
@@ -138,9 +139,10 @@ TEST(GpuModel, FiftyBf16StepsLowerTheLossAsOnTheCpu) {
   const auto gpu = train(Device::cuda(0), DType::BF16, 50);
   ASSERT_EQ(gpu.size(), 50u);
   for (double l : gpu) ASSERT_TRUE(std::isfinite(l));
-  // The loss falls well below its start (ln 512 ≈ 6.24; 64 ids are used: ≤ ln 64 ≈ 4.16 when learnt) ...
-  EXPECT_LT(gpu.back(), gpu.front() - 1.0);
+  // The loss falls from ln 512 ≈ 6.24 towards ln 64 ≈ 4.16 ...
+  auto tail_mean = [](const std::vector<double>& l) { return (l[45] + l[46] + l[47] + l[48] + l[49]) / 5; };
+  EXPECT_LT(tail_mean(gpu), gpu.front() - 1.0);
   // ... and ends where the fp32 CPU run ends, within bf16 training noise.
-  EXPECT_NEAR(gpu.back(), cpu.back(), 0.05 * cpu.back());
+  EXPECT_NEAR(tail_mean(gpu), tail_mean(cpu), 0.02 * tail_mean(cpu));
   EXPECT_NEAR(gpu.front(), cpu.front(), 0.01 * cpu.front());
 }
