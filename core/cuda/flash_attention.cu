@@ -67,6 +67,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <cstdio>
+#include <atomic>
 #include <initializer_list>
 #include <limits>
 #include <stdexcept>
@@ -961,11 +963,19 @@ void launch_flash_bwd(const T* qkv, const T* dout, const float* lse, const float
 // The flash kernels take 16-bit tensors with D 64 or 128 whose base pointers are
 // 16-byte aligned (cp.async and the 16-byte output stores; every row and head offset is
 // then a multiple of 16 bytes since D is a multiple of 8).
+// A 16-bit call that cannot take them says so once (never a silent slow path).
 bool use_flash(DType dt, int64_t D, std::initializer_list<const void*> ptrs) {
-  if (dt == DType::F32 || (D != 64 && D != 128) || force_generic()) return false;
+  if (dt == DType::F32 || force_generic()) return false;
+  const char* why = nullptr;
+  if (D != 64 && D != 128) why = "head_dim is not 64 or 128";
   for (const void* p : ptrs)
-    if (!aligned16(p)) return false;
-  return true;
+    if (!why && !aligned16(p)) why = "a tensor's base address is not 16-byte aligned";
+  if (!why) return true;
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true))
+    std::fprintf(stderr, "warning: attention in %s with head_dim %lld runs on the CUDA cores (slow), not the "
+                 "tensor-core flash kernels: %s\n", dtype_name(dt), static_cast<long long>(D), why);
+  return false;
 }
 
 template <typename T>
