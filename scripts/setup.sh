@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ninja-build pkg-config
           libopenmpi-dev openmpi-bin libboost-program-options-dev libopenblas-openmp-dev
           libsentencepiece-dev sentencepiece nlohmann-json3-dev libxxhash-dev libgtest-dev
+          libnlopt-cxx-dev gnuplot-nox
           fortunes)
 missing=()
 for p in "${PACKAGES[@]}"; do
