@@ -3,7 +3,8 @@
 # toolkit, NCCL and cuDNN (PyTorch's wheels carry them) but no MPI, Boost,
 # OpenBLAS, SentencePiece or NLopt: the CUDA-built binaries from build/ and
 # the shared libraries they need that such a machine lacks, into gpu-bundle/
-# (git-ignored; the device tool carries it with `carry: ["gpu-bundle"]`).
+# and gpu-bundle.tar.xz (about 10 MB; both git-ignored: carry the archive,
+# scripts/gpu_check.sh unpacks it).
 # Run it here after scripts/setup.sh has built build/ with the CUDA backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +28,6 @@ done | sort -u | while read -r name path; do
   [[ "$name" =~ $SKIP ]] && continue
   cp -L "$path" "$OUTDIR/lib/$name"
 done
-du -sh "$OUTDIR" | awk '{print "gpu_bundle: " $1 " in '"$OUTDIR"'/"}'
+tar -cJf "$OUTDIR.tar.xz" "$OUTDIR"
+echo "gpu_bundle: $(du -sh "$OUTDIR" | cut -f1) in $OUTDIR/, $(du -sh "$OUTDIR.tar.xz" | cut -f1) as $OUTDIR.tar.xz"
 ls "$OUTDIR/lib" | tr '\n' ' '; echo

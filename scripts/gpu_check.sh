@@ -7,8 +7,8 @@
 #      models in PyTorch on the same GPU (bf16 autocast, SDPA, fused AdamW,
 #      torch.compile), printing tokens/s, MFU against the GPU's dense bf16 peak,
 #      and the ratio, as a table at the end.
-# Binaries: gpu-bundle/ (scripts/gpu_bundle.sh packs them where MPI, Boost and
-# the rest are installed), else build/bin. Everything it writes goes to
+# Binaries: gpu-bundle/ or gpu-bundle.tar.xz (scripts/gpu_bundle.sh packs them
+# where MPI, Boost and the rest are installed), else build/bin. Everything it writes goes to
 # $OUT (default /tmp/gpu_check): gpu_check.log, the metrics files, summary.txt.
 # Budget: about 6-8 minutes on an H100.
 #   scripts/gpu_check.sh [--quick]     (--quick: tests and the 125M model only)
@@ -27,6 +27,7 @@ T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 
 # ---- binaries and the libraries they need --------------------------------
+[ ! -x gpu-bundle/bin/llm-train ] && [ -f gpu-bundle.tar.xz ] && tar -xJf gpu-bundle.tar.xz
 if [ -x gpu-bundle/bin/llm-train ]; then BIN=$ROOT/gpu-bundle/bin; LIB=$ROOT/gpu-bundle/lib
 else BIN=$ROOT/build/bin; LIB=""; fi
 libdirs=("$LIB" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
