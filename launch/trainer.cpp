@@ -532,7 +532,7 @@ void Trainer::check_replicated_parameters_agree(const Tensor& values) {
 // this rank's parameters; stage 1 divides the optimizer state by dp, stage 2
 // also the gradients, stage 3 everything.
 void Trainer::report_memory(const char* when) {
-  const MemoryTracker& mt = memory_tracker(Device::cpu());
+  const MemoryTracker& mt = memory_tracker(device_);  // the model states' device
   constexpr MemoryCategory cats[] = {MemoryCategory::Parameters, MemoryCategory::Gradients,
                                      MemoryCategory::MasterWeights, MemoryCategory::OptimizerState,
                                      MemoryCategory::Activations, MemoryCategory::Communication};
@@ -976,8 +976,11 @@ int Trainer::run() {
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("training done: %lld iterations in %s (%lld skipped)\n", static_cast<long long>(iteration_ - first_iter + 1),
               hms(total).c_str(), static_cast<long long>(skipped_));
-  std::printf("memory by category (current and peak bytes of live tensors):\n%s"
-              "host blocks cached for reuse: %s\n",
+  if (!device_.is_cpu())
+    std::printf("%s memory by category (current and peak bytes of live tensors):\n%s", device_.str().c_str(),
+                memory_tracker(device_).report().c_str());
+  std::printf("%smemory by category (current and peak bytes of live tensors):\n%s"
+              "host blocks cached for reuse: %s\n", device_.is_cpu() ? "" : "host ",
               memory_tracker(Device::cpu()).report().c_str(), format_bytes(host_cached_bytes()).c_str());
   return 0;
 }
