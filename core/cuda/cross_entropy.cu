@@ -179,7 +179,7 @@ void dispatch_rows(const char* op, const Tensor& logits, int64_t V, F&& launch) 
 // V (the last dimension) and rows of logits.
 std::pair<int64_t, int64_t> row_shape(const char* op, const Tensor& logits) {
   expect_floating(op, "logits", logits);
-  if (logits.dim() < 1) fail(op, "logits " + logits.str() + " have no vocabulary dimension");
+  if (logits.dim() < 1) fail(op, std::string("logits ") + logits.str() + " have no vocabulary dimension");
   const int64_t V = logits.size(-1), rows = V ? logits.numel() / V : 0;
   if (rows > INT32_MAX) fail(op, "more than 2^31 - 1 rows are not supported on the GPU");
   return {V, rows};

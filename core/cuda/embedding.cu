@@ -118,7 +118,7 @@ dim3 row_grid(int64_t rows, int64_t dim, int n_per_thread) {
 }
 
 void check_vocab_args(const char* op, const Tensor& table, int64_t n) {
-  if (table.dim() != 2) fail(op, "the table " + table.str() + " should be [rows, dim]");
+  if (table.dim() != 2) fail(op, std::string("the table ") + table.str() + " should be [rows, dim]");
   if (n > INT32_MAX || table.size(0) >= INT32_MAX)
     fail(op, "more than 2^31 - 1 tokens or table rows are not supported on the GPU");
 }

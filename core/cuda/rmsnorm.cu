@@ -235,7 +235,7 @@ int64_t check_forward(const char* op, const Tensor& x, const Tensor& w, const Te
   expect(op, "rstd", rstd, dev, DType::F32);
   const int64_t dim = w.numel();
   if (dim == 0 || x.numel() % dim != 0)
-    fail(op, "x " + x.str() + " is not rows of w's " + std::to_string(dim) + " elements");
+    fail(op, std::string("x ") + x.str() + " is not rows of w's " + std::to_string(dim) + " elements");
   const int64_t rows = x.numel() / dim;
   expect_numel(op, "y", y, x.numel());
   expect_numel(op, "rstd", rstd, rows);
@@ -299,7 +299,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   expect(op, "dw", dw, dev, dy.dtype());
   const int64_t dim = w.numel();
   if (dim == 0 || x.numel() % dim != 0)
-    fail(op, "x " + x.str() + " is not rows of w's " + std::to_string(dim) + " elements");
+    fail(op, std::string("x ") + x.str() + " is not rows of w's " + std::to_string(dim) + " elements");
   const int64_t rows = x.numel() / dim;
   expect_numel(op, "dy", dy, x.numel());
   expect_numel(op, "dx", dx, x.numel());
@@ -333,7 +333,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
         LLM_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                               ::llm::cuda::current_device()));
         if (smem > static_cast<size_t>(max_optin))
-          fail(op, "rows of " + std::to_string(dim) + " elements are too wide for this GPU's shared memory");
+          fail(op, std::string("rows of ") + std::to_string(dim) + " elements are too wide for this GPU's shared memory");
         LLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
       }

@@ -76,9 +76,9 @@ void rope(const char* op, Tensor& qkv, const QkvLayout& l, int64_t pos_offset, d
   if (l.batch < 0 || l.seq < 0 || l.heads < 0 || l.groups < 0 || l.head_dim < 0)
     fail(op, "negative size in the qkv layout");
   expect_numel(op, "qkv", qkv, l.batch * l.seq * l.row_stride());
-  if (l.head_dim % 2 != 0) fail(op, "head_dim must be even, got " + std::to_string(l.head_dim));
+  if (l.head_dim % 2 != 0) fail(op, std::string("head_dim must be even, got ") + std::to_string(l.head_dim));
   if (l.head_dim / 2 > kMaxHalf)
-    fail(op, "head_dim " + std::to_string(l.head_dim) + " is above the GPU kernel's " + std::to_string(2 * kMaxHalf));
+    fail(op, std::string("head_dim ") + std::to_string(l.head_dim) + " is above the GPU kernel's " + std::to_string(2 * kMaxHalf));
   const int64_t rows = l.batch * l.seq, heads = l.heads + l.groups, half = l.head_dim / 2;
   if (rows == 0 || heads == 0 || half == 0) return;
   if (rows > INT32_MAX) fail(op, "more than 2^31 - 1 rows are not supported on the GPU");
