@@ -58,6 +58,8 @@ RunMetrics read_metrics(const std::string& path) {
     if (weight > 0) m.final_train_loss = sum / weight;
     std::vector<double> tps;
     for (const auto& [it, j] : train)
+      if (j.contains("skipped") && j["skipped"].is_number_integer()) m.skipped_updates += j["skipped"].get<int64_t>();
+    for (const auto& [it, j] : train)
       if (j.contains("tokens_per_sec") && j["tokens_per_sec"].is_number()) tps.push_back(j["tokens_per_sec"].get<double>());
     if (!tps.empty()) {
       std::sort(tps.begin(), tps.end());

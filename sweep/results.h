@@ -37,6 +37,7 @@ struct RunMetrics {
   double final_val_loss = std::numeric_limits<double>::quiet_NaN();  // at the largest evaluated iteration
   int64_t val_iteration = 0;
   double tokens_per_sec = std::numeric_limits<double>::quiet_NaN();  // median over the log lines
+  int64_t skipped_updates = 0;  // iterations whose update was skipped (non-finite values, spikes)
   // Trained to the end and evaluated after the last iteration.
   bool complete(int64_t train_iters) const;
 };

@@ -110,7 +110,9 @@ int available_cores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// The last few non-empty lines of a file after `offset`.
+// What went wrong in an attempt's stderr (from `offset`): the first line with
+// "error:" (the tools' "llm-train: error: ..."; mpirun's own notes come after
+// it), else the last few non-empty lines.
 std::string tail_lines(const fs::path& p, uintmax_t offset, int lines) {
   std::ifstream in(p);
   if (!in) return "";
@@ -120,6 +122,8 @@ std::string tail_lines(const fs::path& p, uintmax_t offset, int lines) {
   while (std::getline(in, line))
     if (line.find_first_not_of(" \t\r") != std::string::npos) all.push_back(line);
   std::string out;
+  for (const std::string& l : all)
+    if (l.find("error:") != std::string::npos) return l.size() > 600 ? l.substr(0, 600) + "..." : l;
   for (size_t i = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0; i < all.size(); ++i)
     out += (out.empty() ? "" : " | ") + all[i];
   if (out.size() > 600) out = "..." + out.substr(out.size() - 600);
@@ -374,6 +378,10 @@ int run_sweep(const SweepSpec& spec, const std::vector<RunPlan>& plan, const Run
       queue.push_back(i);
     }
   }
+  // Several at once: the longest runs first (fewer idle cores at the end).
+  if (opt.max_concurrent > 1)
+    std::stable_sort(queue.begin(), queue.end(),
+                     [&](size_t a, size_t b) { return plan[a].flops_exact > plan[b].flops_exact; });
   log << "llm-sweep: " << plan.size() << " runs in " << opt.out_dir << ": " << done_before << " already done"
       << (failed_before ? ", " + std::to_string(failed_before) + " failed earlier (--max-retries " +
                               std::to_string(opt.max_retries) + " reached)"
@@ -554,6 +562,7 @@ int run_sweep(const SweepSpec& spec, const std::vector<RunPlan>& plan, const Run
                                        {"val_iteration", s.metrics.val_iteration},
                                        {"last_iteration", s.metrics.last_iteration},
                                        {"tokens_per_sec", s.metrics.tokens_per_sec},
+                                       {"skipped_updates", s.metrics.skipped_updates},
                                        {"wall_seconds", s.wall_seconds},
                                        {"attempts", s.attempts},
                                        {"finished_at", now_str()}});
@@ -561,6 +570,10 @@ int run_sweep(const SweepSpec& spec, const std::vector<RunPlan>& plan, const Run
       std::snprintf(buf, sizeof buf, "train loss %.4f, val loss %.4f, %.0f tokens/s, %s", s.metrics.final_train_loss,
                     s.metrics.final_val_loss, s.metrics.tokens_per_sec, hms(s.wall_seconds).c_str());
       log << "[" << now_str() << "] done " << r.name << ": " << buf << "\n";
+      if (s.metrics.skipped_updates > 0)
+        log << "    warning: " << s.metrics.skipped_updates << " of its " << r.train_iters
+            << " updates were skipped (non-finite values or loss spikes; see the events in "
+            << (s.dir / "metrics.jsonl").string() << "): its losses may not be comparable with the other runs'\n";
     } else if (stopping) {
       s.status = "interrupted";
       log << "[" << now_str() << "] stopped " << r.name << " at iteration " << s.metrics.last_iteration << " of "
@@ -659,26 +672,29 @@ int run_sweep(const SweepSpec& spec, const std::vector<RunPlan>& plan, const Run
 
   int rc = failed ? kSweepFailed : kSweepDone;
   if (spec.fit) {
+    std::vector<std::string> args = {opt.llm_fit.empty() ? std::string("llm-fit") : opt.llm_fit, "--results",
+                                     (out / "results.csv").string(), "--out", out.string()};
+    // The fit's N is the N the spec counts.
+    if (spec.rule.non_embedding) args.insert(args.end(), {"--n-column", "n_non_embedding"});
+    if (!spec.fit_budgets.empty()) {
+      std::string b;
+      for (double c : spec.fit_budgets) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.6g", c);
+        b += (b.empty() ? "" : ",") + std::string(buf);
+      }
+      args.insert(args.end(), {"--budgets", b});
+    }
+    std::string cmd;
+    for (const auto& a : args) cmd += (cmd.empty() ? "" : " ") + quote(a);
     if (done < spec.min_runs_to_fit) {
       log << "llm-sweep: only " << done << " run(s) finished; the fit needs [sweep] min-runs-to-fit = "
           << spec.min_runs_to_fit << ": no fit\n";
     } else if (opt.llm_fit.empty() || !fs::exists(opt.llm_fit)) {
       log << "llm-sweep: llm-fit was not found" << (opt.llm_fit.empty() ? "" : " at " + opt.llm_fit)
-          << ", so no scaling law was fitted. Build it (cmake --build build --target llm-fit) and run:\n  llm-fit --results "
-          << quote((out / "results.csv").string()) << " --out " << quote(out.string()) << "\n";
+          << ", so no scaling law was fitted. Build it (cmake --build build --target llm-fit) and run:\n  llm-fit"
+          << cmd.substr(quote(args[0]).size()) << "\n";
     } else {
-      std::vector<std::string> args = {opt.llm_fit, "--results", (out / "results.csv").string(), "--out", out.string()};
-      if (!spec.fit_budgets.empty()) {
-        std::string b;
-        for (double c : spec.fit_budgets) {
-          char buf[32];
-          std::snprintf(buf, sizeof buf, "%.6g", c);
-          b += (b.empty() ? "" : ",") + std::string(buf);
-        }
-        args.insert(args.end(), {"--budgets", b});
-      }
-      std::string cmd;
-      for (const auto& a : args) cmd += (cmd.empty() ? "" : " ") + quote(a);
       log << "llm-sweep: fitting: " << cmd << "\n";
       log.flush();
       std::fflush(nullptr);

@@ -84,7 +84,7 @@ const std::vector<std::string>& reserved_train_flags() {
       "--lr-warmup-iters", "--lr-decay-iters", "--lr-decay-style", "--seed", "--tensor-model-parallel-size",
       "--pipeline-model-parallel-size", "--zero-stage", "--log-interval", "--eval-interval", "--eval-iters",
       "--metrics-file", "--save", "--load", "--load-hf", "--save-interval", "--keep-last", "--exit-interval",
-      "--exit-duration-in-mins"};
+      "--exit-duration-in-mins", "--spike-action"};
   return flags;
 }
 
@@ -226,6 +226,11 @@ SweepSpec parse_spec(const std::string& text, const std::string& source) {
          nonneg_int(x, "the seed of initialisation and data order")(v, at);
          s.seed = static_cast<uint64_t>(x);
        }},
+      {"spike-action", [&](const std::string& v, const std::string& at) {
+         if (v != "none" && v != "skip" && v != "rollback")
+           fail(at + ": '" + v + "' is not one of none, skip, rollback (llm-train --spike-action)");
+         s.spike_action = v;
+       }},
       {"extra-flags", flag_list(s.extra_flags)}};
   keys["data"] = {
       {"data-path", path_value(s.data_path)},
@@ -366,6 +371,7 @@ nlohmann::json RunPlan::definition(const SweepSpec& spec) const {
           {"warmup_iters", warmup_iters},
           {"lr_decay_style", "cosine"},
           {"seed", spec.seed},
+          {"spike_action", spec.spike_action},
           {"log_interval", log_interval},
           {"eval_interval", eval_interval},
           {"eval_iters", eval_iters},
@@ -404,6 +410,7 @@ std::string RunPlan::train_config(const SweepSpec& spec) const {
     << "lr-warmup-iters = " << warmup_iters << "\n"
     << "lr-decay-style = cosine\n"
     << "seed = " << spec.seed << "\n"
+    << "spike-action = " << spec.spike_action << "\n"
     << "tensor-model-parallel-size = " << spec.tensor_parallel << "\n"
     << "pipeline-model-parallel-size = " << spec.pipeline_parallel << "\n"
     << "zero-stage = " << spec.zero_stage << "\n"

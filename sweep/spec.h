@@ -17,7 +17,8 @@
 //             lr-exponent (0), lr-reference-n, min-lr-ratio (0.1),
 //             warmup-fraction (0.05) | warmup-iters, log-interval (auto),
 //             eval-interval (0: only the final evaluation), eval-iters (10),
-//             save-interval (auto), keep-last (2), seed (1234), extra-flags
+//             save-interval (auto), keep-last (2), seed (1234),
+//             spike-action (none), extra-flags
 //   [data]    data-path, valid-data-path, tokenizer-model
 //   [layout]  ranks (1), tensor-model-parallel-size (1),
 //             pipeline-model-parallel-size (1), zero-stage (0),
@@ -69,6 +70,11 @@ struct SweepSpec {
   int64_t warmup_iters = -1;  // >= 0: fixed warm-up iterations instead of the fraction
   int64_t log_interval = 0, eval_interval = 0, eval_iters = 10, save_interval = 0, keep_last = 2;
   uint64_t seed = 1234;
+  // llm-train's loss-spike guard. Off by default in sweeps: with tiny models
+  // the gradient norm can grow legitimately after warm-up, and the guard's
+  // default `skip` then skipped every later update of a run (seen in the tiny
+  // sweep), which is worse for a scaling law than an occasional spike.
+  std::string spike_action = "none";
   std::vector<std::string> extra_flags;
   // [data]
   std::string data_path, valid_data_path, tokenizer_model;

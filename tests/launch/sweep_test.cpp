@@ -155,10 +155,16 @@ TEST_F(Sweep, InterruptedSweepResumesWithoutRerunningFinishedRuns) {
   std::string text((std::istreambuf_iterator<char>(metrics)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("checkpoint_loaded"), std::string::npos);
 
-  // A third invocation has nothing to do.
-  auto again = run_tool(sweep_cmd(spec_file, out));
+  // A third invocation has nothing to do; asked to fit (fit is not part of a run's definition) without
+  // llm-fit, it says how to run the fit and still succeeds.
+  std::string fitting = spec();
+  fitting.replace(fitting.find("fit = false"), 11, "fit = true\nmin-runs-to-fit = 3");
+  auto again = run_tool(sweep_cmd(write_spec(work, "fit.cfg", fitting), out, " --llm-fit " + (work / "no-llm-fit")));
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("3 already done, 0 to run"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("llm-fit was not found at " + (work / "no-llm-fit")), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("llm-fit --results " + out + "/results.csv --out " + out), std::string::npos)
+      << again.output;
 
   // A changed spec for the same folder would overwrite results: refused, naming the run and what changed.
   const std::string changed = write_spec(work, "changed.cfg", spec("min-lr-ratio = 0.5"));

@@ -80,6 +80,7 @@ TEST(SweepSpec, PlansIsoFlopRuns) {
     const std::string cfg = r.train_config(s);
     EXPECT_NE(cfg.find("train-iters = " + std::to_string(r.train_iters) + "\n"), std::string::npos) << cfg;
     EXPECT_NE(cfg.find("ffn-hidden-size = " + std::to_string(r.model.ffn()) + "\n"), std::string::npos) << cfg;
+    EXPECT_NE(cfg.find("spike-action = none\n"), std::string::npos) << cfg;  // the sweep's default
   }
   // Equal budgets: the bigger model trains on fewer tokens.
   EXPECT_GT(runs[0].tokens, runs[2].tokens);
@@ -175,6 +176,8 @@ TEST(SweepSpec, MalformedAndNonPositiveNumbersAreRefused) {
   EXPECT_ERROR(spec_with(kModel + "\ntie-embeddings = maybe", "tokens = 10k", kTrain), "[model] tie-embeddings",
                "boolean");
   EXPECT_ERROR(spec_with("shapes = 2x64", "tokens = 10k", kTrain), "[model] shapes", "'2x64' is not a shape");
+  EXPECT_ERROR(spec_with(kModel, "tokens = 10k", kTrain + "\nspike-action = ignore"), "[train] spike-action",
+               "none, skip, rollback");
 }
 
 TEST(SweepSpec, InconsistentKeysAreRefused) {
