@@ -78,6 +78,7 @@ std::optional<TrainConfig> parse_train_args(int argc, char** argv) {
       ("spike-zscore", po::value(&c.spike.zscore)->default_value(c.spike.zscore), "a spike: this many standard deviations above the running mean")
       ("spike-ema-beta", po::value(&c.spike.beta)->default_value(c.spike.beta), "decay of the running mean and variance (0.99: about the last 100 iterations)")
       ("spike-warmup", po::value(&c.spike.warmup)->default_value(c.spike.warmup), "clean iterations before spikes are judged")
+      ("spike-max-consecutive", po::value(&c.spike.max_consecutive)->default_value(c.spike.max_consecutive), "this many spikes in a row are taken as a new level: the update is applied and the statistics restart from it (0: never)")
       ("snapshot-interval", po::value(&c.snapshot_interval)->default_value(0), "keep a host copy of the training state every N iterations for --spike-action rollback (0: roll back to the newest checkpoint under --save)")
       ("spike-skip-batches", po::value(&c.spike_skip_batches)->default_value(true), "after a rollback, skip the batches from the snapshot to the spike (true) or replay them (false)")
       ("spike-lr-factor", po::value(&c.spike_lr_factor)->default_value(1.0), "multiply the learning rate by this for --spike-lr-iters iterations after a rollback")
@@ -257,6 +258,7 @@ void validate(TrainConfig& c, int world) {
   need(c.spike_action != "rollback" || c.snapshot_interval > 0 || !c.save.empty(),
        "--spike-action rollback needs somewhere to roll back to: --snapshot-interval N (in memory) or --save DIR "
        "(the newest checkpoint)");
+  need(c.spike.max_consecutive >= 0, "--spike-max-consecutive must be non-negative (0: never)");
   need(c.spike.zscore > 0 && c.spike.beta > 0 && c.spike.beta < 1 && c.spike.warmup >= 0,
        "--spike-zscore must be positive, --spike-ema-beta in (0, 1), --spike-warmup non-negative");
   need(c.snapshot_interval >= 0 && c.spike_lr_iters >= 0 && c.spike_lr_factor > 0,

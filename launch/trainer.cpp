@@ -246,11 +246,7 @@ void Trainer::load_checkpoint(const std::string& path, Tensor& values, bool resu
                              "; use the same model flags as the saved run");
   load_parameters(ck, ps, values);
   {  // the whole state, of which the optimizer keeps its own slices
-    AdamW full(ps, cfg_.adam);
-    if (!device_.is_cpu()) {  // the files are read into host memory, then copied over
-      full.exp_avg() = Tensor::zeros(full.exp_avg().shape(), full.exp_avg().dtype(), MemoryCategory::Workspace);
-      full.exp_avg_sq() = Tensor::zeros(full.exp_avg_sq().shape(), full.exp_avg_sq().dtype(), MemoryCategory::Workspace);
-    }
+    AdamW full(ps, cfg_.adam, Device::cpu());  // read into host memory; the optimizer copies its slices over
     load_optimizer_state(ck, full);
     optimizer_->load_state(full);
   }
@@ -437,6 +433,10 @@ Trainer::StepResult Trainer::train_step(int64_t iteration) {
   const SpikeGuard::Verdict v = cfg_.spike_action == "none" ? SpikeGuard::Verdict{} : guard_.observe(r.loss, r.grad_norm);
   r.spike = v.spike && !v.non_finite;
   r.spike_reason = v.reason;
+  if (v.level_shift) {
+    std::printf("iteration %lld: spike guard: %s\n", static_cast<long long>(iteration), v.reason.c_str());
+    metrics_.write({{"event", "spike_guard_reset"}, {"iteration", iteration}, {"reason", v.reason}});
+  }
   if (!std::isfinite(r.loss) || overflow || r.spike) {
     r.skipped = true;  // never apply a non-finite update (the same decision on every rank)
   } else {
@@ -626,11 +626,13 @@ void Trainer::save(int64_t iteration) {
   // it is sharded): the fp32 master weights and Adam's moments; dp rank 0 writes.
   p.values = optimizer_->gather_master_values();
   p.state = optimizer_->gather_state();
-  if (!device_.is_cpu()) {  // the writer reads host memory
-    p.values = p.values.clone_to(Device::cpu(), MemoryCategory::Communication);
-    p.state->exp_avg() = p.state->exp_avg().clone_to(Device::cpu(), MemoryCategory::Communication);
-    p.state->exp_avg_sq() = p.state->exp_avg_sq().clone_to(Device::cpu(), MemoryCategory::Communication);
-  }
+  // The writer reads host memory: copy back what lives on a GPU.
+  auto to_host = [](Tensor& t) {
+    if (!t.device().is_cpu()) t = t.clone_to(Device::cpu(), MemoryCategory::Communication);
+  };
+  to_host(p.values);
+  to_host(p.state->exp_avg());
+  to_host(p.state->exp_avg_sq());
   if (grid_.tp_size() > 1) check_replicated_parameters_agree(p.values);
   const bool writer = dp_.rank() == 0;
   std::vector<std::string> skip;

@@ -46,7 +46,16 @@ SpikeGuard::Verdict SpikeGuard::observe(double loss, double grad_norm) {
       v.reason = buf;
     }
   }
+  if (v.spike && cfg_.max_consecutive > 0 && ++consecutive_ >= cfg_.max_consecutive) {
+    std::snprintf(buf, sizeof buf, "%lld iterations in a row stood out (the last: %s): taken as a new level, the "
+                  "statistics restart from here", static_cast<long long>(consecutive_), v.reason.c_str());
+    v = Verdict{};
+    v.level_shift = true;
+    v.reason = buf;
+    count_ = 0;  // warm up again from this iteration's values
+  }
   if (!v.spike) {
+    consecutive_ = 0;
     loss_.add(loss, cfg_.beta, count_ == 0);
     grad_norm_.add(grad_norm, cfg_.beta, count_ == 0);
     ++count_;
@@ -56,7 +65,8 @@ SpikeGuard::Verdict SpikeGuard::observe(double loss, double grad_norm) {
 
 nlohmann::json SpikeGuard::state() const {
   return {{"loss_mean", loss_.mean}, {"loss_var", loss_.var}, {"grad_norm_mean", grad_norm_.mean},
-          {"grad_norm_var", grad_norm_.var}, {"clean_iterations", count_}};
+          {"grad_norm_var", grad_norm_.var}, {"clean_iterations", count_},
+          {"consecutive_spikes", consecutive_}};
 }
 
 void SpikeGuard::set_state(const nlohmann::json& j) {
@@ -66,6 +76,7 @@ void SpikeGuard::set_state(const nlohmann::json& j) {
   grad_norm_.mean = j.at("grad_norm_mean");
   grad_norm_.var = j.at("grad_norm_var");
   count_ = j.at("clean_iterations");
+  consecutive_ = j.value("consecutive_spikes", int64_t{0});
 }
 
 }  // namespace llm

@@ -2,7 +2,8 @@
 // compared with exponentially weighted running statistics of the recent
 // clean iterations; a value more than `zscore` standard deviations above its
 // mean (after `warmup` clean iterations), or a non-finite one, is a spike.
-// Spikes do not enter the statistics. What to do about one (skip the update,
+// Spikes do not enter the statistics, unless max_consecutive of them in a row
+// show that the level itself moved: then the statistics restart there. What to do about one (skip the update,
 // roll back, skip data, lower the learning rate) is the trainer's business;
 // this class only decides and counts.
 //
@@ -29,6 +30,10 @@ struct SpikeGuardConfig {
   // The deviation used is at least this × |mean|: the loss moves little from
   // step to step, the gradient norm routinely by a quarter of itself.
   double loss_min_relative_std = 0.01, grad_norm_min_relative_std = 0.25;
+  // This many spikes in a row are not a spike but a new level (the gradient norm
+  // settling higher after warm-up, say): the statistics restart from the current
+  // values instead of rejecting every step from then on. 0: never.
+  int64_t max_consecutive = 10;
 };
 
 class SpikeGuard {
@@ -40,6 +45,7 @@ class SpikeGuard {
     bool non_finite = false;
     std::string reason;  // "loss 9.1 is 7.2σ above its running mean 5.3 (σ 0.53)"
     double loss_z = 0.0, grad_norm_z = 0.0;
+    bool level_shift = false;  // max_consecutive finite spikes: accepted, statistics restarted
   };
   // Judges one iteration; a clean one updates the statistics.
   Verdict observe(double loss, double grad_norm);
@@ -58,6 +64,7 @@ class SpikeGuard {
   SpikeGuardConfig cfg_;
   Ema loss_, grad_norm_;
   int64_t count_ = 0;
+  int64_t consecutive_ = 0;  // finite spikes in a row
 };
 
 }  // namespace llm
