@@ -354,8 +354,12 @@ Approach2Fit fit_approach2(const std::vector<Observation>& obs) {
     g.loss_min = p0 + p1 * tv + p2 * tv * tv;
     g.extrapolated = g.n_opt < g.n_min * (1 - 1e-9) || g.n_opt > g.n_max * (1 + 1e-9);
     if (g.extrapolated) {
-      g.note = "the parabola's minimum lies outside the sampled N range; treat N_opt as an extrapolation";
+      // Chinchilla's approach 2 needs each budget's minimum bracketed by the sampled sizes:
+      // an extrapolated vertex says more about the parabola than about the loss.
+      g.note = "the parabola's minimum lies outside the sampled N range: an extrapolation, left out of the power "
+               "laws (sample sizes around it to use this budget)";
       r.notes.push_back("approach 2, C = " + std::string(cbuf) + ": " + g.note);
+      continue;
     }
     lc.push_back(std::log(g.flops));
     ln.push_back(std::log(g.n_opt));

@@ -287,6 +287,23 @@ TEST(ScalingFit, Approach2RecoversTheExponent) {
   EXPECT_TRUE(fit_approach2(grid_data(kChinchilla, 0, 1)).curves.empty());
 }
 
+// A budget whose sampled sizes all lie on one side of its optimum has an
+// extrapolated parabola vertex: reported, but kept out of the power laws
+// (with it, the tiny example's exponent came out as 1.2 instead of 0.5).
+TEST(ScalingFit, Approach2LeavesExtrapolatedMinimaOutOfThePowerLaws) {
+  auto obs = isoflop_data(kChinchilla, 0, 1);
+  std::vector<Observation> kept;
+  for (const auto& o : obs)
+    if (o.budget != obs.front().budget || o.n > 1.5 * std::sqrt(o.budget / 120)) kept.push_back(o);  // budget 0: 4 largest
+  const auto a2 = fit_approach2(kept);
+  ASSERT_EQ(a2.curves.size(), 7u);
+  EXPECT_TRUE(a2.curves[0].extrapolated);
+  EXPECT_NE(a2.curves[0].note.find("left out of the power laws"), std::string::npos) << a2.curves[0].note;
+  ASSERT_TRUE(a2.n_opt.ok);
+  EXPECT_EQ(a2.n_opt.points, 6);
+  EXPECT_NEAR(a2.n_opt.exponent, kChinchilla.a(), 0.03);
+}
+
 TEST(ScalingFit, FitAndReportWritesJsonReportAndPlots) {
   const fs::path dir = temp_dir("report");
   auto obs = isoflop_data(kEpoch, 0.003, 4);
