@@ -15,25 +15,6 @@
 namespace llm {
 namespace {
 
-#ifdef LLM_WITH_CUDA
-// Makes a tensor's GPU current for the scope: the copy or memset then runs on that
-// device's current stream.
-class CudaDeviceGuard {
- public:
-  explicit CudaDeviceGuard(int device) : prev_(cuda::current_device()) {
-    if (prev_ != device) LLM_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~CudaDeviceGuard() {
-    int now = prev_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
-  }
-  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
-  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
-
- private:
-  int prev_;
-};
-#endif
 
 // d rounded to float by round-to-odd (truncate, then set the last bit if inexact).
 // Rounding that float to BF16 or F16 (13 or more bits fewer) to nearest even gives
@@ -170,7 +151,7 @@ void Tensor::zero_() {
     std::memset(raw(), 0, nbytes());
   } else {
 #ifdef LLM_WITH_CUDA
-    CudaDeviceGuard guard(device().index);
+    cuda::DeviceGuard guard(device().index);
     LLM_CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), cuda::current_stream()));
 #endif
   }
@@ -195,10 +176,10 @@ void Tensor::copy_from(const Tensor& src) {
     }
     // Another GPU's data: let the work queued on its stream finish before reading it.
     if (!dd.is_cpu() && !sd.is_cpu() && dd != sd) {
-      CudaDeviceGuard guard(sd.index);
+      cuda::DeviceGuard guard(sd.index);
       cuda::synchronize();
     }
-    CudaDeviceGuard guard(dd.is_cpu() ? sd.index : dd.index);
+    cuda::DeviceGuard guard(dd.is_cpu() ? sd.index : dd.index);
     const cudaStream_t stream = cuda::current_stream();
     LLM_CUDA_CHECK(cudaMemcpyAsync(raw(), src.raw(), nbytes(), cudaMemcpyDefault, stream));
     // Host memory (or another GPU's block) is valid and reusable once this returns.

@@ -118,22 +118,6 @@ void launch_to(DType d, const void* src, void* dst, int64_t n, cudaStream_t stre
   }
 }
 
-// Makes the tensors' device current for the scope (kernels launch on the current device).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : prev_(llm::cuda::current_device()) {
-    if (prev_ != device) LLM_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    int now = prev_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_;
-};
 
 bool gpu_floating(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
@@ -155,7 +139,7 @@ void convert(const Tensor& src, Tensor& dst) {
   char* d0 = static_cast<char*>(dst.raw());
   if (s0 == d0 && src.dtype() == dst.dtype()) return;  // the same buffer: nothing to do
   if (s0 < d0 + dst.nbytes() && d0 < s0 + src.nbytes()) fail(src, dst, "the buffers overlap");
-  DeviceGuard guard(src.device().index);
+  llm::cuda::DeviceGuard guard(src.device().index);
   const cudaStream_t stream = llm::cuda::current_stream();
   if (src.dtype() == dst.dtype()) {
     LLM_CUDA_CHECK(cudaMemcpyAsync(d0, s0, dst.nbytes(), cudaMemcpyDeviceToDevice, stream));

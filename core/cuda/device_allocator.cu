@@ -86,24 +86,6 @@ State& state() {
   return *s;
 }
 
-// Makes `device` current for the scope (events and frees belong to a device).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    LLM_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) LLM_CUDA_CHECK(cudaSetDevice(device));
-    changed_ = prev_ != device;
-  }
-  ~DeviceGuard() {
-    if (changed_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool changed_ = false;
-};
 
 // Moves the blocks whose events have all completed to the free set. Caller holds the
 // lock and has the block's device current.

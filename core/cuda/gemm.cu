@@ -238,22 +238,6 @@ void expect_matrix(const char* op, const Tensor& w) {
   if (w.dim() != 2) fail(op, "w " + w.str() + " should be a matrix [out, in]");
 }
 
-// Makes the operands' device current for the scope (the plans and workspaces are per device).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : prev_(llm::cuda::current_device()) {
-    if (prev_ != device) LLM_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    int now = prev_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_;
-};
 
 }  // namespace
 
@@ -264,7 +248,7 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y, bool accumulate
   const int64_t out = w.size(0), in = w.size(1), rows = in ? x.numel() / in : 0;
   expect_numel(op, "x", x, rows * in);
   expect_numel(op, "y", y, rows * out);
-  DeviceGuard guard(x.device().index);
+  llm::cuda::DeviceGuard guard(x.device().index);
   matmul(op, "y = x·Wᵀ", CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, w.raw(), x.raw(), y.raw(), x.dtype(),
          accumulate);
 }
@@ -279,7 +263,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor*
   expect_numel(op, "dy", dy, rows * out);
   expect_numel(op, "dw", dw, out * in);
   if (dx) expect_numel(op, "dx", *dx, rows * in);
-  DeviceGuard guard(dy.device().index);
+  llm::cuda::DeviceGuard guard(dy.device().index);
   if (dx)
     matmul(op, "dx += dy·W", CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, w.raw(), dy.raw(), dx->raw(), dy.dtype(),
            true);

@@ -75,6 +75,16 @@ void set_current_stream(cudaStream_t stream) {
 
 void synchronize() { LLM_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
 
+DeviceGuard::DeviceGuard(int device) {
+  LLM_CUDA_CHECK(cudaGetDevice(&prev_));
+  changed_ = prev_ != device;
+  if (changed_) LLM_CUDA_CHECK(cudaSetDevice(device));
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (changed_) cudaSetDevice(prev_);  // no throw from a destructor
+}
+
 Stream::Stream() { LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
 Stream::~Stream() {
   // Finish its work first: the caching allocator keys cached blocks by stream handle,

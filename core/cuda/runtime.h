@@ -70,6 +70,20 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+// Makes `device` current for the scope and restores the previous one after
+// (kernels, copies, events and cuBLASLt plans belong to the current device).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool changed_ = false;
+};
+
 // Marks that `stream` uses the block holding `ptr`: when it is freed it is
 // reused only after the work queued on `stream` up to the free has finished.
 void record_stream(const void* ptr, cudaStream_t stream);
