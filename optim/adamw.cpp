@@ -8,7 +8,9 @@
 
 namespace llm {
 
-AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : params_(&params), cfg_(cfg) {
+AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : AdamW(params, cfg, params.device()) {}
+
+AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg, Device state_device) : params_(&params), cfg_(cfg) {
   // One segment per run of adjacent parameters with the same decay rule.
   const auto& infos = params.infos();
   const bool whole = params.values().defined() && params.grads().defined();
@@ -23,8 +25,8 @@ AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : params_(&params),
     i = j;
   }
   const DType state = params.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  exp_avg_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, params.device());
-  exp_avg_sq_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, params.device());
+  exp_avg_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, state_device);
+  exp_avg_sq_ = Tensor::zeros({params.padded_numel()}, state, MemoryCategory::OptimizerState, state_device);
 }
 
 AdamW::AdamW(const AdamWConfig& cfg, std::vector<AdamWSegment> segments, int64_t state_numel, DType state_dtype,

@@ -30,6 +30,9 @@ class AdamW {
   // (padded_numel() elements). When the store holds no flat values or
   // gradients (ZeRO-3) this is state only: the moments, for checkpoints.
   AdamW(ParameterStore& params, const AdamWConfig& cfg);
+  // The same, with the moments on `state_device` (e.g. host memory for a GPU model's
+  // checkpoint state: written or read by the CPU, never stepped).
+  AdamW(ParameterStore& params, const AdamWConfig& cfg, Device state_device);
   // Given segments (a ZeRO shard); moments for state_numel elements.
   AdamW(const AdamWConfig& cfg, std::vector<AdamWSegment> segments, int64_t state_numel, DType state_dtype,
         Device device);

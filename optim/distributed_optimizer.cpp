@@ -280,14 +280,14 @@ void DistributedOptimizer::poison_gradient() {
 
 DistributedOptimizer::Snapshot DistributedOptimizer::snapshot() const {
   Snapshot s;
-  s.params = Tensor::empty({owned_}, master_dtype_, MemoryCategory::Other, store_.device());
+  s.params = Tensor::empty({owned_}, master_dtype_, MemoryCategory::Other);  // host memory, also for a GPU model
   int64_t at = 0;
   for (const AdamWSegment& seg : adam_->segments()) {
     s.params.flat_view(at, {seg.param.numel()}).convert_from(seg.param);
     at += seg.param.numel();
   }
-  s.exp_avg = adam_->exp_avg().clone(MemoryCategory::Other);
-  s.exp_avg_sq = adam_->exp_avg_sq().clone(MemoryCategory::Other);
+  s.exp_avg = adam_->exp_avg().clone_to(Device::cpu(), MemoryCategory::Other);
+  s.exp_avg_sq = adam_->exp_avg_sq().clone_to(Device::cpu(), MemoryCategory::Other);
   s.steps = adam_->steps_taken();
   return s;
 }
@@ -317,12 +317,22 @@ Tensor DistributedOptimizer::gather_master_values() {
 }
 
 std::unique_ptr<AdamW> DistributedOptimizer::gather_state() {
-  auto full = std::make_unique<AdamW>(store_, cfg_.adam);
+  // One shard: straight into host memory (no second full copy of the moments on a GPU).
+  auto full = std::make_unique<AdamW>(store_, cfg_.adam, shards_ == 1 ? Device::cpu() : store_.device());
   full->set_steps_taken(adam_->steps_taken());
   for (int k = 0; k < 2; ++k) {
     const Tensor& mine = k == 0 ? adam_->exp_avg() : adam_->exp_avg_sq();
     Tensor& out = k == 0 ? full->exp_avg() : full->exp_avg_sq();
     if (shards_ == 1) {
+      if (!mine.device().is_cpu() && owned_ == store_.padded_numel() && pieces_.size() == store_.infos().size()) {
+        // Every element of the store is a piece, in order (stage 0): one copy back.
+        bool dense = true;
+        for (const Piece& p : pieces_) dense = dense && p.flat == p.state;
+        if (dense) {
+          out.copy_from(mine);
+          continue;
+        }
+      }
       for (const Piece& p : pieces_) out.flat_view(p.flat, {p.numel}).copy_from(mine.flat_view(p.state, {p.numel}));
       continue;
     }

@@ -81,7 +81,8 @@ class DistributedOptimizer : public ParameterHooks {
   void step(double lr, double grad_scale);
 
   // A host copy of what this rank updates (master weights or its values,
-  // and the moments): the in-memory snapshot spike rollback returns to.
+  // and the moments; in host memory also for a GPU model): the in-memory
+  // snapshot spike rollback returns to.
   // restore() is a collective over dp for stages 1-2 (values re-gathered).
   struct Snapshot {
     Tensor params, exp_avg, exp_avg_sq;
@@ -95,7 +96,9 @@ class DistributedOptimizer : public ParameterHooks {
 
   // Checkpoints (collectives over dp): the full master weights laid out like
   // the store (the store's own values when those are them), and the full
-  // moments as an AdamW laid out like the store.
+  // moments as an AdamW laid out like the store. The moments are in host
+  // memory when nothing needs gathering (one data-parallel shard), else on
+  // the model's device (the collectives run there).
   Tensor gather_master_values();
   std::unique_ptr<AdamW> gather_state();
   void load_state(const AdamW& full);
