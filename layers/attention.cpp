@@ -1,7 +1,6 @@
 #include "layers/attention.h"
 
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 
 namespace llm {
@@ -64,12 +63,12 @@ void Attention::decode(const Tensor& x, KVCache& cache, Tensor& y) const {
   ops::rope_forward(qkv, l, cache.length, rope_theta_);
   // Append k and v of the new positions to the cache, then attend to all of it.
   Tensor q = Tensor::empty({tq, hd}, x.dtype(), MemoryCategory::Activations, x.device());
-  const size_t es = dtype_size(x.dtype());
+  // Tensor copies (not memcpy): on a GPU they are device-to-device copies on the compute stream.
+  const int64_t ld = l.row_stride();
   for (int64_t t = 0; t < tq; ++t) {
-    const char* row = static_cast<const char*>(qkv.raw()) + t * l.row_stride() * es;
-    std::memcpy(static_cast<char*>(q.raw()) + t * hd * es, row, hd * es);
-    std::memcpy(static_cast<char*>(cache.k.raw()) + (cache.length + t) * gd * es, row + hd * es, gd * es);
-    std::memcpy(static_cast<char*>(cache.v.raw()) + (cache.length + t) * gd * es, row + (hd + gd) * es, gd * es);
+    q.flat_view(t * hd, {hd}).copy_from(qkv.flat_view(t * ld, {hd}));
+    cache.k.flat_view((cache.length + t) * gd, {gd}).copy_from(qkv.flat_view(t * ld + hd, {gd}));
+    cache.v.flat_view((cache.length + t) * gd, {gd}).copy_from(qkv.flat_view(t * ld + hd + gd, {gd}));
   }
   cache.length += tq;
   Tensor attn = Tensor::empty({tq, hd}, x.dtype(), MemoryCategory::Activations, x.device());

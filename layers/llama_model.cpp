@@ -292,9 +292,13 @@ std::vector<float> LlamaModel::decode(const std::vector<int32_t>& tokens, Decode
   Tensor normed = Tensor::empty({1, d}, dtype_, MemoryCategory::Activations, device_);
   RMSNorm::Saved scratch;
   final_norm_->forward(last, normed, scratch);
-  Tensor logits = Tensor::empty({1, V}, statistics_dtype(dtype_), MemoryCategory::Activations, device_);
+  // fp32 logits on the CPU (its ops mix dtypes); a GPU GEMM writes the operands' dtype,
+  // widened on the host after the copy back.
+  Tensor logits = Tensor::empty({1, V}, device_.is_cpu() ? statistics_dtype(dtype_) : dtype_,
+                                MemoryCategory::Activations, device_);
   lm_head_->forward(normed, logits);
-  if (!device_.is_cpu()) logits = logits.clone_to(Device::cpu(), MemoryCategory::Activations);
+  if (!device_.is_cpu())
+    logits = logits.clone_to(Device::cpu(), MemoryCategory::Activations).to(DType::F32, MemoryCategory::Activations);
   std::vector<float> out(V);
   for (int64_t v = 0; v < V; ++v)
     out[v] = logits.dtype() == DType::F64 ? static_cast<float>(logits.data<double>()[v]) : logits.data<float>()[v];

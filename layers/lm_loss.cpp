@@ -34,8 +34,21 @@ void LanguageModelLoss::forward(const Tensor& logits, const Tensor& targets, Ten
   Tensor stats = Tensor::empty({2 * rows}, DType::F64, MemoryCategory::Activations, logits.device());
   ops::cross_entropy_partial_sums(logits, targets, vocab_begin_, vocab_, row_max, stats);
   tp_.group->all_reduce(stats, ReduceOp::Sum);
-  if (row_max.dtype() == DType::F64) finish_rows<double>(row_max, stats, targets, losses, lse);
-  else finish_rows<float>(row_max, stats, targets, losses, lse);
+  if (logits.device().is_cpu()) {
+    if (row_max.dtype() == DType::F64) finish_rows<double>(row_max, stats, targets, losses, lse);
+    else finish_rows<float>(row_max, stats, targets, losses, lse);
+    return;
+  }
+  // On a GPU: the per-row finish (rows values) on host copies, the results copied back.
+  const Tensor host_max = row_max.clone_to(Device::cpu(), MemoryCategory::Activations);
+  const Tensor host_stats = stats.clone_to(Device::cpu(), MemoryCategory::Activations);
+  const Tensor host_targets = targets.clone_to(Device::cpu(), MemoryCategory::Activations);
+  Tensor host_losses = Tensor::empty(losses.shape(), losses.dtype(), MemoryCategory::Activations);
+  Tensor host_lse = Tensor::empty(lse.shape(), lse.dtype(), MemoryCategory::Activations);
+  if (row_max.dtype() == DType::F64) finish_rows<double>(host_max, host_stats, host_targets, host_losses, host_lse);
+  else finish_rows<float>(host_max, host_stats, host_targets, host_losses, host_lse);
+  losses.copy_from(host_losses);
+  lse.copy_from(host_lse);
 }
 
 void LanguageModelLoss::backward_inplace(Tensor& logits, const Tensor& lse, const Tensor& targets,
