@@ -39,6 +39,14 @@ except ImportError:  # pragma: no cover - reported to the user
     sys.exit(3)
 
 
+def _torch_at_least(major, minor):
+    try:
+        v = torch.__version__.split("+")[0].split(".")
+        return (int(v[0]), int(v[1])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -68,7 +76,9 @@ class Rotary(nn.Module):
 
     def forward(self, q, k):  # [B, H, S, d]
         s = q.shape[-2]
-        cos, sin = self.cos[:s], self.sin[:s]
+        # In q's dtype, as HF's LlamaRotaryEmbedding returns them: under bf16 autocast an
+        # fp32 table would promote q and k to fp32 (and SDPA would cast them back).
+        cos, sin = self.cos[:s].to(q.dtype), self.sin[:s].to(q.dtype)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
@@ -84,7 +94,8 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.sdpa = getattr(F, "scaled_dot_product_attention", None)
         # PyTorch >= 2.5 shares key/value heads inside SDPA (no repeat_interleave copies).
-        self.gqa = self.sdpa is not None and "enable_gqa" in (getattr(self.sdpa, "__doc__", "") or "")
+        self.gqa = self.sdpa is not None and ("enable_gqa" in (getattr(self.sdpa, "__doc__", "") or "") or
+                                              _torch_at_least(2, 5))
 
     def forward(self, x, causal_mask):
         b, s, _ = x.shape

@@ -30,14 +30,36 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 [ ! -x gpu-bundle/bin/llm-train ] && [ -f gpu-bundle.tar.xz ] && tar -xJf gpu-bundle.tar.xz
 if [ -x gpu-bundle/bin/llm-train ]; then BIN=$ROOT/gpu-bundle/bin; LIB=$ROOT/gpu-bundle/lib
 else BIN=$ROOT/build/bin; LIB=""; fi
-libdirs=("$LIB" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+libdirs=()
+[ -n "$LIB" ] && libdirs+=("$LIB")
+libdirs+=(/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
 PY=${PYTHON:-python3}
-# NCCL, cuDNN and cuBLAS from PyTorch's wheels when the toolkit lacks them.
-site=$($PY -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+# NCCL and the CUDA 13 runtime/cuBLAS from PyTorch's wheels when the toolkit lacks them
+# (nvidia/<pkg>/lib, or nvidia/cu13/lib for the CUDA 13 wheels): the site directories,
+# the user's, and wherever torch itself was installed (a venv, say).
+site=$($PY - 2>/dev/null <<'PY' || true
+import os, site
+dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+try:
+    import torch
+    dirs.append(os.path.dirname(os.path.dirname(torch.__file__)))
+except Exception:
+    pass
+print(" ".join(dict.fromkeys(d for d in dirs if os.path.isdir(d))))
+PY
+)
 for s in $site; do for d in "$s"/nvidia/*/lib; do [ -d "$d" ] && libdirs+=("$d"); done; done
-export LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}"):${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 say "== gpu_check $(date -u +%FT%TZ) on $(hostname)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+# Dense bf16 peak for MFU (datasheets; llm-train picks the same from the device name).
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$GPU_NAME" in
+  *H100*PCIe*) PEAK_TFLOPS=756 ;;
+  *H100*|*H200*) PEAK_TFLOPS=989 ;;
+  *A100*) PEAK_TFLOPS=312 ;;
+  *) PEAK_TFLOPS=989; say "note: unknown GPU '$GPU_NAME': MFU against 989 TFLOP/s (an H100 SXM)" ;;
+esac
 (nvcc --version 2>/dev/null | tail -1; $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1) | tee -a "$LOG"
 missing=$(ldd "$BIN/llm-train" | grep "not found" || true)
 if [ -n "$missing" ]; then
@@ -49,10 +71,18 @@ fi
 fails=0
 for t in $(for f in tests/gpu/*_test.cpp; do basename "$f" .cpp; done); do
   if [ ! -x "$BIN/$t" ]; then row "test   $t: MISSING"; fails=$((fails + 1)); continue; fi
-  if timeout 240 "$BIN/$t" --gtest_brief=1 >"$OUT/$t.log" 2>&1; then
-    row "test   $t: passed ($(grep -c '^\[       OK' "$OUT/$t.log" || true) ok)"
+  # --gtest_brief prints failures and the totals only ("[  PASSED  ] 7 tests.", "[  SKIPPED ] ...").
+  if timeout 180 "$BIN/$t" --gtest_brief=1 >"$OUT/$t.log" 2>&1; then
+    passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUT/$t.log" | tail -1)
+    skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$OUT/$t.log" | tail -1)
+    if [ "${passed:-0}" = 0 ]; then  # every test skipped: the GPU (or NCCL) was not usable
+      row "test   $t: ALL SKIPPED (${skipped:-0} skipped; see $OUT/$t.log)"; fails=$((fails + 1))
+    else
+      row "test   $t: passed (${passed} passed, ${skipped:-0} skipped)"
+    fi
   else
-    row "test   $t: FAILED (rc $?)"; fails=$((fails + 1))
+    rc=$?
+    row "test   $t: FAILED (rc $rc$([ $rc -eq 124 ] && echo ', timed out'))"; fails=$((fails + 1))
     grep -E "Failure|FAILED|error|Expected|Which is|actual" "$OUT/$t.log" | head -40 >>"$LOG"
   fi
 done
@@ -92,24 +122,35 @@ train_pair() {
     --eval-iters 1 --metrics-file "$metrics" >"$OUT/train_$name.log" 2>&1
   local rc=$?
   tail -3 "$OUT/train_$name.log" >>"$LOG"
-  local ours=0; [ $rc -eq 0 ] && ours=$(median_tps "$metrics")
+  local ours=0 ours_loss=nan
+  if [ $rc -eq 0 ]; then
+    ours=$(median_tps "$metrics")
+    ours_loss=$($PY -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if "tokens_per_sec" in l]; print(r[-1]["lm_loss"] if r else "nan")' "$metrics")
+  else
+    fails=$((fails + 1))
+    grep -m3 -E "error|Error|what\(\)" "$OUT/train_$name.log" | sed "s/^/train  $name: /" | tee -a "$SUMMARY" >>"$LOG"
+  fi
   local torch_json
   torch_json=$(timeout 300 $PY bench/torch_llama.py --device cuda --bf16 --compile --fused-adamw --json \
     --layers "$L" --hidden "$H" --heads "$NH" --groups "$G" --ffn "$F" --vocab 32000 --seq "$S" \
     --micro-batch "$MB" --iters 15 --warmup 5 2>>"$OUT/torch_$name.log" | grep '^RESULT ' | cut -c8-)
-  $PY - "$name" "$rc" "$ours" "${torch_json:-{\}}" "$L" "$H" "$NH" "$G" "$F" "$S" <<'PY' | tee -a "$SUMMARY" >>"$LOG"
-import json, sys
+  [ -z "$torch_json" ] && tail -5 "$OUT/torch_$name.log" | sed "s/^/torch  $name: /" | tee -a "$SUMMARY" >>"$LOG"
+  $PY - "$name" "$rc" "$ours" "${torch_json:-{\}}" "$L" "$H" "$NH" "$G" "$F" "$S" "$PEAK_TFLOPS" "$ours_loss" <<'PY' | tee -a "$SUMMARY" >>"$LOG"
+import json, math, sys
 name, rc, ours, tj = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4] or "{}")
 L, H, NH, G, F, S = map(int, sys.argv[5:11])
+peak = float(sys.argv[11]) * 1e12         # dense bf16 of this GPU
+ours_loss, their_loss = float(sys.argv[12]), float(tj.get("final_loss", "nan"))
 V, hd = 32000, H // NH
 matmul = L * (H * (NH * hd + 2 * G * hd) + NH * hd * H + 3 * H * F) + V * H
 fpt = 6 * matmul + 12 * L * H * S        # PaLM's model FLOPs per token, as llm-train counts
-peak = 989e12                             # H100 SXM dense bf16
 theirs = tj.get("tokens_per_sec_median", 0.0)
 mfu = lambda tps: 100.0 * tps * fpt / peak
 ratio = ours / theirs if theirs else float("nan")
 print(f"train  {name:5s} {matmul/1e6:7.0f}M matmul params  llm-train {ours:9.0f} tok/s MFU {mfu(ours):5.1f}%"
       f"{'' if rc == 0 else f' (rc {rc})'}  |  PyTorch {theirs:9.0f} tok/s MFU {mfu(theirs):5.1f}%  |  ratio {ratio:.2f}")
+# Uniformly random tokens: no model can beat ln(V) = 10.37, and both should sit just above it.
+print(f"train  {name:5s} final loss: llm-train {ours_loss:.4f}, PyTorch {their_loss:.4f} (ln {V} = {math.log(V):.4f})")
 PY
   say "$name done at $(elapsed) s"
 }
