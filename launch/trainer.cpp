@@ -108,8 +108,10 @@ static Device prepare_device(const std::string& want, ProcessGrid& grid) {
 
 // Dense bf16 tensor-core peaks (NVIDIA datasheets) of the GPUs we know by name, for MFU.
 static double known_peak_tflops(const std::string& gpu) {
-  if (gpu.find("H100") != std::string::npos) return gpu.find("PCIe") != std::string::npos ? 756.0 : 989.0;
-  if (gpu.find("H200") != std::string::npos || gpu.find("GH200") != std::string::npos) return 989.0;
+  const bool hopper = gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos;
+  if (hopper && gpu.find("PCIe") != std::string::npos) return 756.0;  // H100 PCIe
+  if (hopper && gpu.find("NVL") != std::string::npos) return 835.0;   // H100 NVL, H200 NVL
+  if (hopper) return 989.0;                                            // SXM (and GH200)
   if (gpu.find("A100") != std::string::npos) return 312.0;
   return 0.0;
 }

@@ -56,6 +56,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 case "$GPU_NAME" in
   *H100*PCIe*) PEAK_TFLOPS=756 ;;
+  *H100*NVL*|*H200*NVL*) PEAK_TFLOPS=835 ;;
   *H100*|*H200*) PEAK_TFLOPS=989 ;;
   *A100*) PEAK_TFLOPS=312 ;;
   *) PEAK_TFLOPS=989; say "note: unknown GPU '$GPU_NAME': MFU against 989 TFLOP/s (an H100 SXM)" ;;
