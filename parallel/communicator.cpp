@@ -2,6 +2,10 @@
 // byte counters, so every backend reports communication volume the same way.
 #include "parallel/communicator.h"
 
+#include <cstring>
+
+#include "parallel/watchdog.h"
+
 namespace llm {
 
 const char* comm_op_name(CommOp op) {
@@ -24,6 +28,20 @@ uint64_t Communicator::bytes_sent_total() const {
   for (size_t i = 0; i < static_cast<size_t>(CommOp::kCount); ++i)
     if (static_cast<CommOp>(i) != CommOp::Recv) total += bytes_[i];
   return total;
+}
+
+std::string Communicator::where(const char* op) const {
+  return std::string(op) + " on group '" + name() + "' (size " + std::to_string(size()) + ")";
+}
+
+std::string Communicator::describe(const char* op, size_t bytes, int peer, int tag) const {
+  std::string s = op;
+  if (peer >= 0 && peer < size())
+    s += std::string(std::strcmp(op, "recv") == 0 ? " from" : " to") + " rank " + std::to_string(members()[peer]) +
+         " (tag " + std::to_string(tag) + ")";
+  s += " on group '" + name() + "' (ranks " + rank_list(members()) + ")";
+  if (std::strcmp(op, "barrier") != 0) s += " of " + std::to_string(bytes) + " bytes";
+  return s;
 }
 
 void Communicator::reset_counters() {

@@ -68,6 +68,13 @@ class Communicator {
   uint64_t bytes_sent_total() const;
   void reset_counters();
 
+  // What an operation waits on, for error and hang reports (every backend
+  // words them alike): "all_reduce on group 'dp' (ranks 0,2) of 4096 bytes",
+  // "recv from rank 3 (tag 1) on group 'pp' (ranks 1,3) of 512 bytes"
+  // (world ranks; peer < 0: none).
+  std::string describe(const char* op, size_t bytes, int peer = -1, int tag = -1) const;
+  std::string where(const char* op) const;  // "all_reduce on group 'tp' (size 2)"
+
  protected:
   void count(CommOp op, uint64_t bytes) { bytes_[static_cast<size_t>(op)] += bytes; }
 

@@ -169,20 +169,6 @@ MpiCommunicator::~MpiCommunicator() {
   if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-std::string MpiCommunicator::where(const char* op) const {
-  return std::string(op) + " on group '" + name_ + "' (size " + std::to_string(size_) + ")";
-}
-
-std::string MpiCommunicator::describe(const char* op, size_t bytes, int peer, int tag) const {
-  std::string s = op;
-  if (peer >= 0 && peer < size_)
-    s += std::string(std::strcmp(op, "recv") == 0 ? " from" : " to") + " rank " + std::to_string(members_[peer]) +
-         " (tag " + std::to_string(tag) + ")";
-  s += " on group '" + name_ + "' (ranks " + rank_list(members_) + ")";
-  if (std::strcmp(op, "barrier") != 0) s += " of " + std::to_string(bytes) + " bytes";
-  return s;
-}
-
 void MpiCommunicator::check_tensor(const char* op, const Tensor& t, const char* what) const {
   if (!t.defined()) throw std::invalid_argument(where(op) + ": " + what + " tensor is undefined");
   if (!t.device().is_cpu())

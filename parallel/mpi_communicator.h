@@ -65,16 +65,10 @@ class MpiCommunicator : public Communicator {
   CommHandlePtr recv_async(Tensor& t, int peer, int tag) override;
   void barrier() override;
 
-  // What an operation waits on, for the hang report: "all_reduce on group 'dp'
-  // (ranks 0,2) of 4096 bytes", "recv from rank 3 (tag 1) on group 'pp'
-  // (ranks 1,3) of 512 bytes" (ranks of MPI_COMM_WORLD; peer < 0: none).
-  std::string describe(const char* op, size_t bytes, int peer = -1, int tag = -1) const;
-
  private:
   struct Adopt {};
   MpiCommunicator(Adopt, MPI_Comm owned, std::string name);
   void init();
-  std::string where(const char* op) const;  // "all_reduce on group 'tp' (size 2)"
   void check_tensor(const char* op, const Tensor& t, const char* what) const;
   void check_peer(const char* op, int peer, int tag) const;
 

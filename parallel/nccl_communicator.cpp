@@ -229,20 +229,6 @@ NcclCommunicator::~NcclCommunicator() {
 
 // ---- checks and descriptions -------------------------------------------------
 
-std::string NcclCommunicator::where(const char* op) const {
-  return std::string(op) + " on group '" + name_ + "' (size " + std::to_string(size_) + ")";
-}
-
-std::string NcclCommunicator::describe(const char* op, size_t bytes, int peer, int tag) const {
-  std::string s = op;
-  if (peer >= 0 && peer < size_)
-    s += std::string(std::strcmp(op, "recv") == 0 ? " from" : " to") + " rank " + std::to_string(members_[peer]) +
-         " (tag " + std::to_string(tag) + ")";
-  s += " on group '" + name_ + "' (ranks " + rank_list(members_) + ")";
-  if (std::strcmp(op, "barrier") != 0) s += " of " + std::to_string(bytes) + " bytes";
-  return s;
-}
-
 std::string NcclCommunicator::describe(const Pending& p) const {
   if (std::strcmp(p.op, "send_recv") == 0)
     return "send_recv (send of " + std::to_string(p.bytes) + " bytes to rank " + std::to_string(members_[p.peer]) +

@@ -103,8 +103,7 @@ class NcclCommunicator : public Communicator {
   // Host wait for every operation issued so far (see the top of this file).
   void synchronize();
 
-  // "all_reduce on group 'dp' (ranks 0,2) of 4096 bytes", as MpiCommunicator::describe.
-  std::string describe(const char* op, size_t bytes, int peer = -1, int tag = -1) const;
+  using Communicator::describe;  // "all_reduce on group 'dp' (ranks 0,2) of 4096 bytes"
 
  private:
   friend class NcclHandle;
@@ -123,7 +122,6 @@ class NcclCommunicator : public Communicator {
   // ncclCommInitRank on the constructed object (the NCCL communicator keeps
   // a pointer to name_ as its commName). `id` is an ncclUniqueId.
   void join(const void* id);
-  std::string where(const char* op) const;  // "all_reduce on group 'tp' (size 2)"
   std::string describe(const Pending& p) const;
   void check_tensor(const char* op, const Tensor& t, const char* what) const;
   void check_peer(const char* op, int peer, int tag, bool self_ok) const;
