@@ -8,15 +8,20 @@
 #      torch.compile), printing tokens/s, MFU against the GPU's dense bf16 peak,
 #      and the ratio, as a table at the end.
 # Binaries: gpu-bundle/ or gpu-bundle.tar.xz (scripts/gpu_bundle.sh packs them
-# where MPI, Boost and the rest are installed), else build/bin. Everything it writes goes to
-# $OUT (default /tmp/gpu_check): gpu_check.log, the metrics files, summary.txt.
+# where MPI, Boost and the rest are installed), else build/bin. What comes back
+# goes to $OUT (default /tmp/gpu_check): gpu_check.log, summary.txt and
+# details.tar.gz (every test, bench and training log and the metrics files):
+# three files, since the device tool returns at most eight.
 # Budget: about 6-8 minutes on an H100.
 #   scripts/gpu_check.sh [--quick]     (--quick: tests and the 125M model only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
+DEST=${OUT:-/tmp/gpu_check}
+mkdir -p "$DEST"
+OUT=$(mktemp -d /tmp/gpu_check_work.XXXXXX)  # the details, packed into $DEST at exit
+deliver() { cp "$OUT/gpu_check.log" "$OUT/summary.txt" "$DEST/" 2>/dev/null; tar -czf "$DEST/details.tar.gz" -C "$OUT" . 2>/dev/null; }
+trap deliver EXIT
 LOG=$OUT/gpu_check.log
 SUMMARY=$OUT/summary.txt
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
