@@ -59,9 +59,9 @@ void AdamW::step(double lr, double grad_scale) {
 double global_grad_norm(const ParameterStore& params) { return norm_of_sums(grad_sums_of_squares(params)); }
 
 std::vector<double> grad_sums_of_squares(const ParameterStore& params) {
-  std::vector<double> out;
-  for (const auto& p : params.infos()) out.push_back(ops::sum_of_squares(params.grads().flat_view(p.offset, {p.numel})));
-  return out;
+  std::vector<Tensor> grads;  // one batched call: one launch and one copy back on a GPU
+  for (const auto& p : params.infos()) grads.push_back(params.grads().flat_view(p.offset, {p.numel}));
+  return ops::sums_of_squares(grads);
 }
 
 double norm_of_sums(const std::vector<double>& sums_of_squares) {

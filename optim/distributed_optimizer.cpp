@@ -324,21 +324,12 @@ std::unique_ptr<AdamW> DistributedOptimizer::gather_state() {
     const Tensor& mine = k == 0 ? adam_->exp_avg() : adam_->exp_avg_sq();
     Tensor& out = k == 0 ? full->exp_avg() : full->exp_avg_sq();
     if (shards_ == 1) {
-      if (!mine.device().is_cpu() && owned_ == store_.padded_numel() && pieces_.size() == store_.infos().size()) {
-        // Every element of the store is a piece, in order (stage 0): one copy back.
-        bool dense = true;
-        for (const Piece& p : pieces_) dense = dense && p.flat == p.state;
-        if (dense) {
-          out.copy_from(mine);
-          continue;
-        }
-      }
-      for (const Piece& p : pieces_) out.flat_view(p.flat, {p.numel}).copy_from(mine.flat_view(p.state, {p.numel}));
+      copy_pieces(mine, &Piece::state, out, &Piece::flat);
       continue;
     }
     // The own moments in shard space (zero in the padding), then each bucket gathered.
     Tensor spread = Tensor::zeros({shard_numel_}, mine.dtype(), MemoryCategory::Communication, store_.device());
-    for (const Piece& p : pieces_) spread.flat_view(p.shard, {p.numel}).copy_from(mine.flat_view(p.state, {p.numel}));
+    copy_pieces(mine, &Piece::state, spread, &Piece::shard);
     for (const Bucket& b : buckets_) {
       Tensor part = out.flat_view(b.begin, {b.numel});
       dp_.all_gather(spread.flat_view(b.shard, {slice(b)}), part);
@@ -349,9 +340,19 @@ std::unique_ptr<AdamW> DistributedOptimizer::gather_state() {
 
 void DistributedOptimizer::load_state(const AdamW& full) {
   adam_->set_steps_taken(full.steps_taken());
-  for (const Piece& p : pieces_) {
-    adam_->exp_avg().flat_view(p.state, {p.numel}).copy_from(full.exp_avg().flat_view(p.flat, {p.numel}));
-    adam_->exp_avg_sq().flat_view(p.state, {p.numel}).copy_from(full.exp_avg_sq().flat_view(p.flat, {p.numel}));
+  copy_pieces(full.exp_avg(), &Piece::flat, adam_->exp_avg(), &Piece::state);
+  copy_pieces(full.exp_avg_sq(), &Piece::flat, adam_->exp_avg_sq(), &Piece::state);
+}
+
+void DistributedOptimizer::copy_pieces(const Tensor& src, int64_t Piece::*from, Tensor& dst,
+                                       int64_t Piece::*to) const {
+  for (size_t i = 0; i < pieces_.size();) {
+    const int64_t s0 = pieces_[i].*from, d0 = pieces_[i].*to;
+    int64_t n = pieces_[i].numel;
+    size_t j = i + 1;
+    for (; j < pieces_.size() && pieces_[j].*from == s0 + n && pieces_[j].*to == d0 + n; ++j) n += pieces_[j].numel;
+    dst.flat_view(d0, {n}).copy_from(src.flat_view(s0, {n}));
+    i = j;
   }
 }
 

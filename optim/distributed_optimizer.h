@@ -128,6 +128,9 @@ class DistributedOptimizer : public ParameterHooks {
   int64_t slice(const Bucket& b) const { return b.numel / shards_; }
   Tensor grad_of(const Piece& p) const;   // the summed gradient this rank owns
   Tensor value_of(const Piece& p) const;  // the model's (possibly 16-bit) value
+  // Copies every piece from src (at offset p.*from) to dst (at p.*to), one copy per run
+  // of pieces adjacent in both layouts: a GPU model's state moves in a few large copies.
+  void copy_pieces(const Tensor& src, int64_t Piece::*from, Tensor& dst, int64_t Piece::*to) const;
   void start_gather(size_t b);
   // master → model values (rounded, unless the update already did: rounded); stages 1-2: slices all-gathered
   void publish_values(bool rounded = false);
